@@ -1,0 +1,90 @@
+"""``python -m app``: check the model URI, then serve it with uvicorn.
+
+    python -m app --model-uri models:/santander@champion --port 8000 --workers 2
+
+A model that cannot be resolved ends it with status 2 and one line naming the URI and the cause
+(with ``MODEL_LOAD_RETRY=true`` it starts anyway and keeps retrying, live but not ready).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--model-uri",
+        default=os.environ.get("MODEL_URI"),
+        help="MLflow model URI, run id or logged-model id (env MODEL_URI)",
+    )
+    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--workers", type=int, default=None, help="server processes (env WORKERS)")
+    parser.add_argument("--check", action="store_true", help="only check the model URI, then exit")
+    args = parser.parse_args(argv)
+
+    # MLflow retries an unreachable tracking server for minutes by default; fail fast instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from pydantic import ValidationError
+
+    from app.config import Settings, normalize_model_uri
+    from app.errors import ModelLoadError
+    from app.predictor import check_model
+    from app.tracking import tracking_uri
+
+    if args.model_uri:
+        os.environ["MODEL_URI"] = normalize_model_uri(args.model_uri)
+    if args.workers:
+        os.environ["WORKERS"] = str(args.workers)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(
+            f"error: {first['loc'][0] if first['loc'] else 'settings'}: {first['msg']}",
+            file=sys.stderr,
+        )
+        return 2
+    if not settings.model_uri:
+        print("error: no model given: pass --model-uri or set MODEL_URI", file=sys.stderr)
+        return 2
+    if not settings.model_load_retry:
+        try:
+            flavors = check_model(settings.model_uri)
+        except ModelLoadError as exc:
+            print(f"error: {exc} (tracking URI: {tracking_uri()})", file=sys.stderr)
+            return 2
+        print(f"model {settings.model_uri} ({flavors}) from {tracking_uri()}", file=sys.stderr)
+    if args.check:
+        return 0
+
+    import uvicorn
+
+    shown = "0.0.0.0" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"docs: http://{shown}:{args.port}/docs", file=sys.stderr)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=settings.workers,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

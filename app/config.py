@@ -1,0 +1,101 @@
+"""Service settings, read from the environment once (pydantic-settings).
+
+Every field is an environment variable of the same name in upper case, e.g. ``MODEL_URI``.
+``MLFLOW_TRACKING_URI`` is read by MLflow itself (see ``app.tracking``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_RUNS_URI = re.compile(r"^runs:/[0-9A-Za-z_-]+(/.*)?$")
+_MODELS_URI = re.compile(r"^models:/(m-[0-9a-f]+|[^/@]+(/[^/]+|@[^/]+))/?$")
+
+
+def normalize_model_uri(ref: str) -> str:
+    """Turn what a user types into an MLflow model URI.
+
+    A bare 32-hex run id means ``runs:/<id>/model``; a logged-model id ``m-<hex>`` means
+    ``models:/m-<hex>``; anything else is taken as a URI or a local path.
+    """
+    ref = ref.strip()
+    if _RUN_ID.match(ref):
+        return f"runs:/{ref}/model"
+    if re.match(r"^m-[0-9a-f]{32}$", ref):
+        return f"models:/{ref}"
+    return ref
+
+
+def check_model_uri(uri: str) -> str:
+    """Reject a malformed ``runs:/`` or ``models:/`` URI before anything starts."""
+    if uri.startswith("runs:") and not _RUNS_URI.match(uri):
+        raise ValueError(f"malformed run URI {uri!r}: expected runs:/<run-id>/<path>")
+    if uri.startswith("models:") and not _MODELS_URI.match(uri):
+        raise ValueError(
+            f"malformed model URI {uri!r}: expected models:/<name>/<version>, "
+            "models:/<name>@<alias> or models:/m-<logged-model-id>"
+        )
+    return uri
+
+
+class Settings(BaseSettings):
+    """What the service is configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    model_uri: str | None = None
+    """MLflow model URI: runs:/<id>/model, models:/<name>@<alias>, models:/m-<id>, a path."""
+
+    model_load_retry: bool = False
+    """Start without a model, live but not ready, and retry with back-off instead of failing."""
+
+    model_retry_max_seconds: float = Field(default=30.0, gt=0)
+    """Longest wait between two load attempts in retry mode."""
+
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Largest request body accepted; larger gets 413."""
+
+    max_rows: int = Field(default=100_000, gt=0)
+    """Most rows in one request; more gets 413."""
+
+    predict_threads: int = Field(default=0, ge=0)
+    """Threads for a large batch; 0 means all cores of this machine."""
+
+    single_thread_rows: int = Field(default=256, ge=1)
+    """Batches smaller than this run on one thread (no OpenMP start-up for a single row)."""
+
+    inline_body_bytes: int = Field(default=64 * 1024, ge=0)
+    """Bodies up to this size are parsed and scored on the event loop, larger ones in a thread."""
+
+    workers: int = Field(default=1, ge=1)
+    """Server processes (``python -m app`` and the container)."""
+
+    enable_docs: bool = True
+    """Serve /docs and /redoc."""
+
+    @field_validator("model_uri")
+    @classmethod
+    def _valid_uri(cls, value: str | None) -> str | None:
+        return (
+            None
+            if value is None or not value.strip()
+            else check_model_uri(normalize_model_uri(value))
+        )
+
+    def threads_for(self, rows: int) -> int:
+        """How many threads to score ``rows`` rows with."""
+        if rows < self.single_thread_rows:
+            return 1
+        return self.predict_threads or os.cpu_count() or 1
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()
