@@ -9,9 +9,12 @@ A model that cannot be resolved ends it with status 2 and one line naming the UR
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+import tempfile
+from pathlib import Path
+
+from app.observability import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,11 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    configure_logging(
+        os.environ.get("LOG_FORMAT", "text").lower(), os.environ.get("LOG_LEVEL", "INFO").upper()
     )
-    for noisy in ("mlflow", "alembic", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from pydantic import ValidationError
 
@@ -72,19 +73,34 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    _share_between_workers(settings.workers)
+
     shown = "0.0.0.0" if args.host in ("0.0.0.0", "::") else args.host
     print(f"docs: http://{shown}:{args.port}/docs", file=sys.stderr)
     uvicorn.run(
-        "app.main:create_app",
+        "app.main:serve_app",
         factory=True,
         host=args.host,
         port=args.port,
         workers=settings.workers,
-        log_level="info",
+        log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _share_between_workers(workers: int) -> None:
+    """A folder the workers share: Prometheus' multiprocess files and the reload signal."""
+    if workers < 2:
+        return
+    run_dir = Path(tempfile.mkdtemp(prefix="santander-serving-"))
+    metrics_dir = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or run_dir / "metrics")
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    os.environ.setdefault("RELOAD_SIGNAL_FILE", str(run_dir / "reload-generation"))
 
 
 if __name__ == "__main__":

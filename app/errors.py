@@ -15,8 +15,13 @@ message that names the field, column or row at fault and never repeats the paylo
     ├── PayloadTooLarge               413  PAYLOAD_TOO_LARGE
     │   └── TooManyRows               413  TOO_MANY_ROWS
     ├── UnsupportedMediaType          415  UNSUPPORTED_MEDIA_TYPE
+    ├── Unauthorized                  401  UNAUTHORIZED
     ├── NotFound                      404  NOT_FOUND
-    └── ModelNotReady                 503  MODEL_NOT_READY
+    ├── BodyTimeout                   408  BODY_TIMEOUT (slow senders)
+    ├── ReloadFailed                  502  MODEL_LOAD_FAILED (the old model keeps serving)
+    ├── ModelNotReady                 503  MODEL_NOT_READY
+    ├── Overloaded                    503  OVERLOADED (with Retry-After)
+    └── ScoringTimeout                504  TIMEOUT
     ModelLoadError (not HTTP)         a model URI that cannot be resolved or loaded
 """
 
@@ -95,9 +100,34 @@ class NotFound(ServiceError):
     error_code = "NOT_FOUND"
 
 
+class Unauthorized(ServiceError):
+    status_code = 401
+    error_code = "UNAUTHORIZED"
+
+
+class BodyTimeout(ServiceError):
+    status_code = 408
+    error_code = "BODY_TIMEOUT"
+
+
+class ReloadFailed(ServiceError):
+    status_code = 502
+    error_code = "MODEL_LOAD_FAILED"
+
+
 class ModelNotReady(ServiceError):
     status_code = 503
     error_code = "MODEL_NOT_READY"
+
+
+class Overloaded(ServiceError):
+    status_code = 503
+    error_code = "OVERLOADED"
+
+
+class ScoringTimeout(ServiceError):
+    status_code = 504
+    error_code = "TIMEOUT"
 
 
 class ModelLoadError(Exception):

@@ -13,8 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,8 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.config import Settings, get_settings
 from app.errors import ServiceError
 from app.model_holder import ModelHolder
+from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
 from app.predictor import LoadedModel, Predictor
-from app.routes import health, invocations, model
+from app.routes import admin, health, invocations, model
+from app.routes.invocations import InFlight
 from app.schemas import REQUEST_MODELS
 
 log = logging.getLogger("app")
@@ -44,29 +47,40 @@ def create_app(
         holder: a ready-made model holder (tests, or a custom loader).
     """
     settings = settings or get_settings()
+    metrics = Metrics()
     if holder is None:
         holder = ModelHolder(settings.model_uri)
         if predictor is not None:
             holder.current = LoadedModel(predictor=predictor, uri=settings.model_uri or "memory")
+    holder.on_swap.append(lambda new, old: _record_swap(metrics, new, old))
+    holder.on_failure.append(lambda cause: metrics.load_failures.inc())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        retry: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         if holder.current is None:
             if settings.model_load_retry:
-                retry = asyncio.create_task(
-                    holder.load_until_ready(settings.model_retry_max_seconds)
+                tasks.append(
+                    asyncio.create_task(holder.load_until_ready(settings.model_retry_max_seconds))
                 )
             else:
                 # Fails start-up with one line naming the URI and the cause.
                 await run_in_threadpool(holder.load)
+        else:
+            _record_swap(metrics, holder.current, None)
+        if settings.model_poll_seconds > 0:
+            tasks.append(asyncio.create_task(holder.poll(settings.model_poll_seconds)))
+        if holder.signal_file is not None:
+            tasks.append(asyncio.create_task(holder.follow_reloads()))
         try:
             yield
         finally:
-            if retry is not None:
-                retry.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await retry
+                    await task
+            mark_worker_dead()
 
     app = FastAPI(
         title="Santander transaction scoring",
@@ -79,12 +93,51 @@ def create_app(
     )
     app.state.settings = settings
     app.state.holder = holder
+    app.state.metrics = metrics
+    app.state.in_flight = InFlight(settings.max_in_flight, metrics)
     app.include_router(invocations.router)
     app.include_router(health.router)
     app.include_router(model.router)
+    if settings.admin_token is not None and settings.admin_token.get_secret_value():
+        app.include_router(admin.router)
+
+    @app.get(
+        "/metrics",
+        include_in_schema=True,
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
+    def prometheus_metrics() -> Response:
+        """Prometheus text format: requests, latency, rows, probabilities, the model, loads."""
+        content, media = metrics.render()
+        return Response(content, media_type=media)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(RequestContext, metrics=metrics)
     _install_error_handlers(app)
     _install_openapi(app)
     return app
+
+
+def serve_app() -> FastAPI:
+    """The factory uvicorn runs in each worker: logging as configured, then the app."""
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings)
+
+
+def _labels(model: LoadedModel) -> tuple[str, str, str, str]:
+    return (model.uri, model.registered_name or "", model.version or "", model.run_id or "")
+
+
+def _record_swap(metrics: Metrics, new: LoadedModel, old: LoadedModel | None) -> None:
+    metrics.model_loaded(_labels(new), new.load_seconds, _labels(old) if old else None)
 
 
 def _service_version() -> str:

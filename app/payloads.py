@@ -44,6 +44,7 @@ JSON_TYPES = {"application/json", "text/json"}
 CSV_TYPES = {"text/csv", "application/csv"}
 PARQUET_TYPES = {"application/vnd.apache.parquet", "application/x-parquet"}
 ARROW_TYPES = {"application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file"}
+ACCEPTED = JSON_TYPES | CSV_TYPES | PARQUET_TYPES | ARROW_TYPES
 SUPPORTED = (
     "application/json, text/csv, application/vnd.apache.parquet, "
     "application/vnd.apache.arrow.stream"
@@ -67,13 +68,19 @@ def parse_body(
     Raises:
         ServiceError: a subclass naming what is wrong.
     """
-    kind = media_type(content_type)
+    kind = check_media_type(content_type)
     if kind in JSON_TYPES or kind.endswith("+json"):
         return parse_json(body, features, max_rows)
     if kind in CSV_TYPES:
         return parse_csv(body, features, max_rows)
-    if kind in PARQUET_TYPES or kind in ARROW_TYPES:
-        return parse_arrow(body, kind in PARQUET_TYPES, features, max_rows)
+    return parse_arrow(body, kind in PARQUET_TYPES, features, max_rows)
+
+
+def check_media_type(content_type: str | None) -> str:
+    """The bare media type if this service reads it; ``UnsupportedMediaType`` otherwise."""
+    kind = media_type(content_type)
+    if kind in ACCEPTED or kind.endswith("+json"):
+        return kind
     if not kind:
         raise UnsupportedMediaType(f"no Content-Type given; send one of: {SUPPORTED}")
     raise UnsupportedMediaType(f"Content-Type {quote_name(kind)} is not supported; use {SUPPORTED}")

@@ -100,7 +100,9 @@ class Versions(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """What is being served and where it came from."""
+    """What is being served and where it came from, and how loading has gone."""
+
+    model_config = ConfigDict(extra="allow")
 
     model_uri: str
     run_id: str | None
@@ -114,6 +116,10 @@ class ModelCard(BaseModel):
     params: dict[str, str]
     loaded_at: float
     load_seconds: float
+    load_attempts: int = 0
+    load_failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
 
 
 def _example_split() -> dict[str, Any]:

@@ -16,4 +16,4 @@ router = APIRouter()
 def model_card(request: Request) -> dict[str, Any]:
     """Model URI, run, registered name/version/alias, flavor, features, metrics and params."""
     holder: ModelHolder = request.app.state.holder
-    return holder.require().describe()
+    return {**holder.require().describe(), **holder.status()}
