@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -76,8 +77,38 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     """Server processes (``python -m app`` and the container)."""
 
+    compiled_predictor: bool = True
+    """Score LightGBM models with trees compiled by lleaves where it matches LightGBM to 1e-9."""
+
+    compiled_cache_dir: str = ""
+    """Where compiled models are kept between starts; empty: a folder under the temp dir."""
+
     enable_docs: bool = True
-    """Serve /docs and /redoc."""
+    """Serve /docs, /redoc and /openapi.json."""
+
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed by CORS (JSON list, e.g. ["https://app.example"]); empty: CORS off."""
+
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text or JSON lines (method, path, status, rows, duration, model version)."""
+
+    log_level: str = "INFO"
+    """Root log level."""
+
+    admin_token: SecretStr | None = None
+    """Bearer token for /admin/*; unset: the admin routes are off (404)."""
+
+    model_poll_seconds: float = Field(default=0.0, ge=0)
+    """Re-resolve MODEL_URI this often and swap in a new version; 0: no polling."""
+
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Longest a scoring request may take once its body is in; then 504."""
+
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Longest a client may take to send its body; then 408 (slow senders)."""
+
+    max_in_flight: int = Field(default=64, ge=1)
+    """Scoring requests in progress per worker beyond which new ones get 503 + Retry-After."""
 
     @field_validator("model_uri")
     @classmethod
