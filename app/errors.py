@@ -5,6 +5,7 @@ message that names the field, column or row at fault and never repeats the paylo
 
     ServiceError                      500  INTERNAL_ERROR (only for our own faults)
     ├── BadRequest                    400  MALFORMED_REQUEST (unparseable body)
+    │   └── DuplicateKeys             400  DUPLICATE_KEYS (a JSON key given twice)
     ├── InvalidInput                  422  INVALID_INPUT
     │   ├── MissingColumns            422  MISSING_COLUMNS
     │   ├── UnknownColumns            422  UNKNOWN_COLUMNS
@@ -50,6 +51,10 @@ class ServiceError(Exception):
 class BadRequest(ServiceError):
     status_code = 400
     error_code = "MALFORMED_REQUEST"
+
+
+class DuplicateKeys(BadRequest):
+    error_code = "DUPLICATE_KEYS"
 
 
 class InvalidInput(ServiceError):

@@ -18,6 +18,7 @@ exactly what the precise path would or declines, and the precise path then finds
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ import orjson
 from app.errors import (
     BadRequest,
     DuplicateColumns,
+    DuplicateKeys,
     EmptyInput,
     InvalidInput,
     InvalidValue,
@@ -105,7 +107,38 @@ def parse_json(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarra
             'the JSON body must be an object: {"columns": [...], "data": [[...]]} '
             'or MLflow\'s {"dataframe_split" | "dataframe_records" | "instances" | "inputs"}'
         )
+    if _may_repeat_keys(body, doc):
+        _refuse_repeated_keys(body)
     return from_document(doc, features, max_rows)
+
+
+def _may_repeat_keys(body: bytes, doc: dict[str, Any]) -> bool:
+    """Cheap look for a key given twice (a JSON parser silently keeps the last one).
+
+    Records carry a key per value, so dict-shaped bodies are always checked (they take the
+    slow path anyway); split bodies only when one of their few keys appears twice in the bytes.
+    """
+    inner = doc.get("dataframe_split")
+    keys = list(doc) + (list(inner) if isinstance(inner, dict) else [])
+    for key in ("dataframe_records", "instances", "inputs"):
+        value = doc.get(key)
+        if isinstance(value, dict) or (
+            isinstance(value, list) and value and isinstance(value[0], dict)
+        ):
+            return True
+    return any(body.count(orjson.dumps(k)) > 1 for k in keys)
+
+
+def _refuse_repeated_keys(body: bytes) -> None:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                raise DuplicateKeys(f"the key {quote_name(key)} is given twice in one object")
+            seen.add(key)
+        return dict(items)
+
+    json.loads(body, object_pairs_hook=pairs)
 
 
 def _json_error(exc: orjson.JSONDecodeError) -> str:
