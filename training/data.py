@@ -6,12 +6,13 @@ file's statistics, so the whole project runs offline and a model can be judged a
 ceiling (its Bayes-optimal AUC is about 0.92):
 
 * ``y ~ Bernoulli(0.1005)``;
-* mean shifts ``d_j = ±|N(0,1)|`` rescaled so that ``sum d_j² = 2·Φ⁻¹(0.86)²`` (what a linear
-  model can reach: AUC ≈ 0.86);
-* log-sd ratios ``g_j ~ N(0,1)`` rescaled so that ``sum 2·g_j² = 2·Φ⁻¹(0.92)² − sum d_j²``, and
-  ``s_j = exp(g_j)`` (the extra signal a per-feature model such as naive Bayes finds);
-* ``Z ~ N(0,1)``; for positives ``Z_j ← s_j·Z_j + d_j``;
-* ``x_j = round(μ_j + σ_j·Z_j, 4)`` with ``μ_j ~ N(6.6, 8.5²)`` and ``σ_j ~ LogNormal(1.37, 0.98)``.
+* mean shifts ``d_j = +-|N(0,1)|``, rescaled so that ``sum d_j^2 = 2 Phi^-1(0.86)^2`` (what a
+  linear model can reach: AUC 0.86);
+* log-sd ratios ``g_j ~ N(0,1)``, rescaled so that ``sum 2 g_j^2 = 2 Phi^-1(0.92)^2 - sum d_j^2``,
+  and ``s_j = exp(g_j)`` (the extra signal that a per-feature model such as naive Bayes finds);
+* ``Z ~ N(0,1)``; for positives ``Z_j <- s_j Z_j + d_j``;
+* ``x_j = round(mu_j + sigma_j Z_j, 4)`` with ``mu_j ~ N(6.6, 8.5^2)`` and
+  ``sigma_j ~ LogNormal(1.37, 0.98)``.
 
 Command line::
 
@@ -68,7 +69,7 @@ class SyntheticSpec:
     positive_rate: float = POSITIVE_RATE
 
     def log_likelihood_ratio(self, x: np.ndarray) -> np.ndarray:
-        """The Bayes-optimal score log p(x | 1) − log p(x | 0) for rows ``x`` (n × 200).
+        """The Bayes-optimal score log p(x | 1) - log p(x | 0) for rows ``x`` (n x 200).
 
         Ranking by it gives the best AUC any model can reach on this data (rounding aside).
         """
@@ -231,7 +232,8 @@ def _names(what: str, columns: Sequence[str]) -> str:
 
 def _numeric(values: pd.Series, column: str, source: str) -> pd.Series:
     if pd.api.types.is_bool_dtype(values) or not (
-        pd.api.types.is_numeric_dtype(values) or pd.api.types.is_object_dtype(values)
+        pd.api.types.is_numeric_dtype(values)
+        or pd.api.types.is_object_dtype(values)
         or pd.api.types.is_string_dtype(values)
     ):
         raise DataError(f"{source}: column {column!r} is not numeric (dtype {values.dtype})")
