@@ -327,12 +327,11 @@ def progress_callback(label: str, every: int) -> Callable[[Any], None]:
     return _callback
 
 
-def cross_validate(
+def cross_validate(  # noqa: PLR0917  (the notebooks call it positionally)
     x: pd.DataFrame | np.ndarray,
     y: np.ndarray,
     params: dict[str, Any],
     folds: int = 5,
-    *,
     num_boost_round: int = 20_000,
     early_stopping_rounds: int = 300,
     seed: int = 0,
@@ -459,13 +458,12 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def log_and_register(
+def log_and_register(  # noqa: PLR0917  (the notebooks call it positionally)
     data: TrainingData,
     params: dict[str, Any],
     cv: CVResult,
     booster: lgb.Booster,
     settings: Settings,
-    *,
     experiment_id: str | None = None,
 ) -> LoggedRun:
     """Log one training run to MLflow and register its model.
@@ -627,10 +625,11 @@ def run(settings: Settings) -> LoggedRun:
         Where the run landed.
     """
     start = time.monotonic()
+    # Data first: a bad file fails in seconds, before anything is written to the store.
+    data = load_or_synthesize(settings.data, settings.rows, settings.seed)
     uri = configure_tracking()
     experiment_id = ensure_experiment(settings.experiment)
     say(f"MLflow store: {uri} (experiment {settings.experiment!r})")
-    data = load_or_synthesize(settings.data, settings.rows, settings.seed)
     say(
         f"data: {data.source}: {len(data.y):,} rows, {np.mean(data.y):.2%} positives, "
         f"digest {data.dataset.digest}"
