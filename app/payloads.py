@@ -187,9 +187,8 @@ def from_split(frame: Mapping[str, Any], features: Sequence[str], max_rows: int)
     if not isinstance(data, list):
         raise InvalidInput("'data' must be a list of rows")
     check_row_count(len(data), max_rows)
-    index = frame.get("index")
-    if index is not None and (not isinstance(index, list) or len(index) != len(data)):
-        raise InvalidInput(f"'index' must be a list with one entry per row ({len(data)})")
+    if frame.get("index") is not None and not isinstance(frame["index"], list):
+        raise InvalidInput("'index' must be a list (it is not used for scoring)")
     for i, row in enumerate(data):
         if not isinstance(row, list):
             raise InvalidInput(f"row {i} of 'data' is not a list")
@@ -389,7 +388,7 @@ def _fast_split(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarr
             if not isinstance(index, simdjson.Array):
                 return None
             values = index.as_list()
-            if len(values) != n or not all(isinstance(v, int | str) for v in values):
+            if not all(isinstance(v, int | str) for v in values):
                 return None
             brackets += 1 + sum(v.count("[") for v in values if isinstance(v, str))
         if len(keys) != len(set(keys)) or body.count(b"[") != brackets:

@@ -7,7 +7,7 @@ work as shipped.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -21,6 +21,7 @@ EXAMPLE_ROW: list[float] = [
 ]
 
 Value = float | None
+Row = Annotated[list[Value], Field(min_length=len(FEATURES), max_length=len(FEATURES))]
 
 
 class SplitFrame(BaseModel):
@@ -32,7 +33,7 @@ class SplitFrame(BaseModel):
         min_length=len(FEATURES), max_length=len(FEATURES), json_schema_extra={"uniqueItems": True}
     )
     index: list[int | str] | None = None
-    data: list[list[Value]] = Field(min_length=1)
+    data: list[Row] = Field(min_length=1)
 
 
 Record = create_model(  # type: ignore[call-overload]
@@ -56,21 +57,22 @@ class DataframeRecordsRequest(BaseModel):
     dataframe_records: list[Record] = Field(min_length=1)
 
 
-Row = list[Value]
+Records = Annotated[list[Record], Field(min_length=1)]
+Rows = Annotated[list[Row], Field(min_length=1)]
 
 
 class InstancesRequest(BaseModel):
     """MLflow scoring protocol (TF-serving style): records, or rows in the model's order."""
 
     model_config = ConfigDict(extra="forbid")
-    instances: list[Record] | list[Row] = Field(min_length=1)
+    instances: Records | Rows
 
 
 class InputsRequest(BaseModel):
     """MLflow scoring protocol: records, rows in the model's order, or a dict of columns."""
 
     model_config = ConfigDict(extra="forbid")
-    inputs: list[Record] | list[Row] = Field(min_length=1)
+    inputs: Records | Rows
 
 
 class Predictions(BaseModel):
