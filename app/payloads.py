@@ -394,7 +394,7 @@ def _fast_split(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarr
         if len(keys) != len(set(keys)) or body.count(b"[") != brackets:
             return None  # nested arrays somewhere, or brackets in unexpected places
         flat = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64)
-    except (ValueError, TypeError, KeyError, IndexError):
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError):
         return None
     if flat.size != n * len(names):
         return None
