@@ -20,7 +20,8 @@ def loaded_holder(booster_model: LoggedModel) -> ModelHolder:
 
 
 def make_app(holder: ModelHolder, **overrides: object):  # type: ignore[no-untyped-def]
-    settings = Settings(model_uri=holder.uri, admin_token=ADMIN_TOKEN, **overrides)  # type: ignore[arg-type]
+    options = {"admin_token": ADMIN_TOKEN, **overrides}
+    settings = Settings(model_uri=holder.uri, **options)  # type: ignore[arg-type]
     fresh = ModelHolder(holder.uri, loader=holder.loader)
     fresh.current = holder.current
     return create_app(settings, holder=fresh)

@@ -39,8 +39,12 @@ HOSTILE: dict[str, tuple[str | None, bytes, int, str]] = {
     "whitespace body": (J, b"   \n ", 400, "MALFORMED_REQUEST"),
     "truncated JSON": (J, split()[:-20], 400, "MALFORMED_REQUEST"),
     "deeply nested array": (J, b"[" * 100_000 + b"]" * 100_000, 400, "MALFORMED_REQUEST"),
-    "deeply nested in data": (J, split().replace(b'"data": [', b'"data": ' + b"[" * 5000, 1)
-                              + b"]" * 4999, 400, "MALFORMED_REQUEST"),
+    "deeply nested in data": (
+        J,
+        split().replace(b'"data": [', b'"data": ' + b"[" * 5000, 1) + b"]" * 4999,
+        400,
+        "MALFORMED_REQUEST",
+    ),
     "NaN literal": (J, with_value("NaN"), 400, "MALFORMED_REQUEST"),
     "Infinity literal": (J, with_value("Infinity"), 400, "MALFORMED_REQUEST"),
     "-Infinity literal": (J, with_value("-Infinity"), 400, "MALFORMED_REQUEST"),
@@ -50,12 +54,14 @@ HOSTILE: dict[str, tuple[str | None, bytes, int, str]] = {
     "JSON null": (J, b"null", 400, "MALFORMED_REQUEST"),
     "JSON string": (J, b'"rows"', 400, "MALFORMED_REQUEST"),
     "duplicate keys": (J, split()[:-1] + b', "data": [[1]]}', 400, "DUPLICATE_KEYS"),
-    "100k columns": (J, json.dumps({"columns": [f"c{i}" for i in range(100_000)],
-                                    "data": [[0] * 10]}).encode(), 422, "UNKNOWN_COLUMNS"),
-    "unicode column names": (J, split(columns=["vär_0", *FEATURES[1:]]), 422,
-                             "UNKNOWN_COLUMNS"),
-    "duplicate columns": (J, split(columns=[*FEATURES[:199], "var_0"]), 422,
-                          "DUPLICATE_COLUMNS"),
+    "100k columns": (
+        J,
+        json.dumps({"columns": [f"c{i}" for i in range(100_000)], "data": [[0] * 10]}).encode(),
+        422,
+        "UNKNOWN_COLUMNS",
+    ),
+    "unicode column names": (J, split(columns=["vär_0", *FEATURES[1:]]), 422, "UNKNOWN_COLUMNS"),
+    "duplicate columns": (J, split(columns=[*FEATURES[:199], "var_0"]), 422, "DUPLICATE_COLUMNS"),
     "string value": (J, with_value('"0.5"'), 422, "INVALID_VALUE"),
     "boolean value": (J, with_value("true"), 422, "INVALID_VALUE"),
     "object value": (J, with_value('{"v": 1}'), 422, "INVALID_VALUE"),
@@ -64,15 +70,22 @@ HOSTILE: dict[str, tuple[str | None, bytes, int, str]] = {
     "columns not a list": (J, split(columns="var_0"), 422, "INVALID_INPUT"),
     "empty object": (J, b"{}", 422, "INVALID_INPUT"),
     "empty data": (J, split(data=[]), 422, "EMPTY_INPUT"),
-    "records with extra key": (J, json.dumps({"dataframe_records": [
-        {**dict.fromkeys(FEATURES, 0.5), "evil": 1}]}).encode(), 422, "UNKNOWN_COLUMNS"),
+    "records with extra key": (
+        J,
+        json.dumps({"dataframe_records": [{**dict.fromkeys(FEATURES, 0.5), "evil": 1}]}).encode(),
+        422,
+        "UNKNOWN_COLUMNS",
+    ),
     "too many rows": (J, split(data=[ROW] * 1001), 413, "TOO_MANY_ROWS"),
     "oversize body": (J, split() + b" " * LIMIT, 413, "PAYLOAD_TOO_LARGE"),
     "csv garbage": ("text/csv", b'"unterminated\n1,2', 422, "UNKNOWN_COLUMNS"),
-    "parquet garbage": ("application/vnd.apache.parquet", b"PAR1" * 10, 400,
-                        "MALFORMED_REQUEST"),
-    "arrow garbage": ("application/vnd.apache.arrow.stream", b"\xff" * 64, 400,
-                      "MALFORMED_REQUEST"),
+    "parquet garbage": ("application/vnd.apache.parquet", b"PAR1" * 10, 400, "MALFORMED_REQUEST"),
+    "arrow garbage": (
+        "application/vnd.apache.arrow.stream",
+        b"\xff" * 64,
+        400,
+        "MALFORMED_REQUEST",
+    ),
 }
 
 
@@ -102,8 +115,9 @@ def test_oversize_chunked_body_is_cut_off(server: str) -> None:
         for _ in range(40):
             yield b" " * 100_000
 
-    r = httpx.post(f"{server}/invocations", content=chunks(), headers={"content-type": J},
-                   timeout=30)
+    r = httpx.post(
+        f"{server}/invocations", content=chunks(), headers={"content-type": J}, timeout=30
+    )
     assert r.status_code == 413 and r.json()["error_code"] == "PAYLOAD_TOO_LARGE"
 
 
@@ -111,8 +125,11 @@ def test_slow_sender_gets_408(server: str) -> None:
     host, port = server.removeprefix("http://").split(":")
     body = split()
     with socket.create_connection((host, int(port)), timeout=20) as s:
-        s.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+        s.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:100]
+        )
         started = time.monotonic()
         answer = s.recv(65536).decode(errors="replace")
     assert " 408 " in answer.split("\r\n", 1)[0] and "BODY_TIMEOUT" in answer
