@@ -59,7 +59,11 @@ def test_api_notebook_sends_the_readme_request_verbatim() -> None:
 def run_check(*paths: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(CHECK), *map(str, paths)],
-        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60, check=False,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
