@@ -1,0 +1,158 @@
+"""Turn one benchmark run's figures into the Markdown table (printed, and saved with the JSON)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _get(data: dict[str, Any], *path: str) -> float | None:
+    node: Any = data
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, int | float) else None
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def _gain(theirs: float | None, ours: float | None, higher_is_better: bool) -> float | None:
+    if theirs is None or ours is None or theirs <= 0 or ours <= 0:
+        return None
+    return ours / theirs if higher_is_better else theirs / ours
+
+
+def _verdict(value: float | None, target: float, at_least: bool) -> str:
+    if value is None:
+        return "—"
+    held = value >= target if at_least else value <= target
+    return "yes" if held else "**no**"
+
+
+def render(r: dict[str, Any]) -> str:
+    """The whole report as Markdown."""
+    floor = r.get("floor", {})
+    lgb_floor = _get(r, "floor", "lightgbm_all_s")
+    rows_n = f"{r.get('rows', 0):,}"
+    conn = r.get("connections", 16)
+    ours_backend = r.get("ours", {}).get("backend", "?")
+    lines = [
+        f"# Benchmark: this service ({ours_backend}) vs `mlflow models serve`",
+        "",
+        f"`{r.get('command', '')}` — started {r.get('started', '')}, "
+        f"{r['machine'].get('cores')} cores ({r['machine'].get('cpu', '')}), "
+        f"load average at start {r['machine'].get('load_average_at_start')}; "
+        f"model: {r['model']['trees']} trees, {r['model']['leaves']} leaves, "
+        f"{r['model']['features']} features; LightGBM {r['machine'].get('lightgbm')}, "
+        f"MLflow {r['machine'].get('mlflow')}; wrk runs of {r.get('duration_s')} s.",
+        "",
+        "Gain: times and memory are mlflow ÷ ours, rates are ours ÷ mlflow (above 1: ours is "
+        "better).",
+        "",
+        "| measure | `mlflow models serve` | this service | gain (x) | target | holds |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+
+    def row(
+        label: str,
+        path: tuple[str, ...],
+        higher_is_better: bool = False,
+        target: float | None = None,
+        scale: float = 1.0,
+    ) -> None:
+        theirs = _get(r, "mlflow", *path)
+        ours = _get(r, "ours", *path)
+        theirs = theirs * scale if theirs is not None else None
+        ours = ours * scale if ours is not None else None
+        gain = _gain(theirs, ours, higher_is_better)
+        goal = f"≥ {target:g}x" if target else ""
+        holds = _verdict(gain, target, True) if target else ""
+        lines.append(
+            f"| {label} | {_fmt(theirs)} | {_fmt(ours)} | {_fmt(gain)} | {goal} | {holds} |"
+        )
+
+    row("1 row, 1 connection: p50 latency (ms)", ("c1", "p50_ms"), target=50)
+    row("1 row, 1 connection: p99 latency (ms)", ("c1", "p99_ms"), target=20)
+    row("1 row, 1 connection: requests/s", ("c1", "rps"), higher_is_better=True)
+    row(f"1 row, {conn} connections: requests/s", ("cn", "rps"), higher_is_better=True, target=100)
+    row(f"1 row, {conn} connections: p99 latency (ms)", ("cn", "p99_ms"))
+    row(f"{rows_n} rows, split JSON: seconds (median)", ("big_json_s", "median"), target=3)
+    row("resident memory after the runs (MB, RSS of the tree)", ("rss_mb",), target=1)
+    lines.append("")
+
+    lines += [
+        f"**{rows_n} rows against the in-process floor** (LightGBM `Booster.predict`, all "
+        f"{floor.get('cores', '?')} threads: {_fmt(lgb_floor)} s)",
+        "",
+        "| body | bytes | this service (s, median) | ÷ floor | target | holds |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for label, key, limit in (
+        ("split JSON", "big_json", 1.3),
+        ("Parquet", "big_parquet", 1.15),
+        ("Arrow IPC stream", "big_arrow", 1.15),
+    ):
+        seconds = _get(r, "ours", f"{key}_s", "median")
+        size = _get(r, "ours", f"{key}_bytes")
+        ratio = seconds / lgb_floor if seconds is not None and lgb_floor else None
+        lines.append(
+            f"| {label} | {_fmt(size)} | {_fmt(seconds)} | {_fmt(ratio)} | ≤ {limit:g}x | "
+            f"{_verdict(ratio, limit, False)} |"
+        )
+    lines.append("")
+
+    lines += [
+        "**Scoring backends** (in process, and this service with each)",
+        "",
+        "| measure | LightGBM | lleaves (compiled) | gain (x) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+
+    def pair(label: str, lgb: float | None, compiled: float | None) -> None:
+        lines.append(
+            f"| {label} | {_fmt(lgb)} | {_fmt(compiled)} | {_fmt(_gain(lgb, compiled, False))} |"
+        )
+
+    pair(f"in process, {rows_n} rows, 1 thread (s)", _get(r, "floor", "lightgbm_1t_s"),
+         _get(r, "floor", "lleaves_1t_s"))  # fmt: skip
+    pair(f"in process, {rows_n} rows, all threads (s)", lgb_floor,
+         _get(r, "floor", "lleaves_all_s"))  # fmt: skip
+    pair("in process, 1 row, 1 thread (ms)", _get(r, "floor", "lightgbm_one_row_1t_ms"),
+         _get(r, "floor", "lleaves_one_row_ms"))  # fmt: skip
+    if "ours_lightgbm" in r:
+        pair(f"this service, {rows_n} rows split JSON (s)",
+             _get(r, "ours_lightgbm", "big_json_s", "median"),
+             _get(r, "ours", "big_json_s", "median"))  # fmt: skip
+        pair(f"this service, {rows_n} rows Arrow IPC (s)",
+             _get(r, "ours_lightgbm", "big_arrow_s", "median"),
+             _get(r, "ours", "big_arrow_s", "median"))  # fmt: skip
+        pair("this service, 1 row p50 (ms)", _get(r, "ours_lightgbm", "c1", "p50_ms"),
+             _get(r, "ours", "c1", "p50_ms"))  # fmt: skip
+    one_all = _get(r, "floor", "lightgbm_one_row_all_ms")
+    lines += [
+        "",
+        f"One row with LightGBM's default thread count (all cores) costs {_fmt(one_all)} ms in "
+        "process (OpenMP start-up); the service scores small batches on one thread.",
+        f"Compiled backend: {floor.get('lleaves_note', '—')}; on the benchmark rows max abs "
+        f"difference {_fmt(_get(r, 'floor', 'lleaves_bench_rows_max_abs_diff'))}.",
+        f"Predictions checked against in-process `Booster.predict`: mlflow max abs diff "
+        f"{_fmt(_get(r, 'mlflow', 'check_max_abs_diff'))}, ours "
+        f"{_fmt(_get(r, 'ours', 'check_max_abs_diff'))}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], table: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (out / "latest.md").write_text(table)

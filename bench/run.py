@@ -1,0 +1,305 @@
+"""Benchmark this service against ``mlflow models serve`` on one fixed model, in one run.
+
+    python -m bench.run                      # the full run (make bench), ~3-5 minutes
+    python -m bench.run --trees 20 --rows 200 --duration 2 --repeats 2 --out /tmp/b   # tiny
+
+It trains (or loads from ``bench/.cache/``) a 1000-tree, 13-leaf LightGBM model over 200
+synthetic features, logs it to a temporary MLflow store, starts both servers on it, checks they
+answer the same predictions as in-process ``Booster.predict`` (to 1e-9), then measures with wrk
+and httpx: one-row latency and throughput, one 10,000-row request as split JSON (and as Parquet
+and Arrow IPC for this service), each server's resident memory, and the in-process floor. The
+table (with mlflow / ours ratios and the targets) is printed and written to ``--out`` as
+``latest.json`` and ``latest.md``.
+
+The benchmark is a measuring tool, not a test: it fails only when a server cannot be run or
+the two disagree on predictions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import fixture, load, report, servers
+from bench.fixture import ModelSpec
+
+BENCH_DIR = Path(__file__).resolve().parent
+JSON = "application/json"
+PARQUET = "application/vnd.apache.parquet"
+ARROW = "application/vnd.apache.arrow.stream"
+CHECK_ROWS = 500
+TOLERANCE = 1e-9
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--trees", type=int, default=1000)
+    p.add_argument("--leaves", type=int, default=13)
+    p.add_argument("--train-rows", type=int, default=20_000)
+    p.add_argument("--rows", type=int, default=10_000, help="rows in the big request")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    p.add_argument("--connections", type=int, default=16, help="the concurrent wrk run")
+    p.add_argument("--repeats", type=int, default=5, help="big requests timed (median)")
+    p.add_argument("--workers", type=int, default=None, help="our workers (default: settings)")
+    p.add_argument("--predict-threads", type=int, default=None, help="our PREDICT_THREADS")
+    p.add_argument(
+        "--no-lightgbm-run",
+        action="store_true",
+        help="skip the second run of ours with COMPILED_PREDICTOR=false (before/after)",
+    )
+    p.add_argument("--out", type=Path, default=BENCH_DIR / "results")
+    p.add_argument("--cache", type=Path, default=BENCH_DIR / ".cache")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    wrk = load.ensure_wrk()
+    spec = ModelSpec(trees=args.trees, leaves=args.leaves, train_rows=args.train_rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "command": "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv or [])),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "model": {"trees": spec.trees, "leaves": spec.leaves, "features": 200},
+        "rows": args.rows,
+        "duration_s": args.duration,
+        "connections": args.connections,
+    }
+
+    booster, train_s = fixture.fixed_booster(spec, args.cache)
+    log(f"model {spec.name}: {f'trained in {train_s:.0f}s' if train_s else 'from cache'}")
+    x = fixture.bench_rows(args.rows)
+    one = x[:1]
+    check = x[: min(CHECK_ROWS, len(x))]
+    results["floor"] = floor(booster, x, args.cache, args.repeats)
+    log(f"floor: {results['floor']}")
+    expected = booster.predict(x, num_threads=os.cpu_count() or 1)
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        uri = fixture.log_to_store(booster, tmp)
+        bodies = write_bodies(tmp, x, one, check)
+        ours_env = {"COMPILED_CACHE_DIR": str(args.cache / "lleaves")}
+        if args.predict_threads is not None:
+            ours_env["PREDICT_THREADS"] = str(args.predict_threads)
+        runs: list[tuple[str, list[str], str, dict[str, str], bool]] = []
+        port = servers.free_port()
+        runs.append(
+            ("ours", servers.ours_command(uri, port, args.workers), "/health/ready", ours_env, True)
+        )
+        if not args.no_lightgbm_run:
+            port = servers.free_port()
+            lgb_env = {**ours_env, "COMPILED_PREDICTOR": "false"}
+            runs.append(
+                (
+                    "ours_lightgbm",
+                    servers.ours_command(uri, port, args.workers),
+                    "/health/ready",
+                    lgb_env,
+                    True,
+                )
+            )
+        port = servers.free_port()
+        runs.append(("mlflow", servers.mlflow_command(uri, port), "/ping", {}, False))
+        for name, command, ready, env, is_ours in runs:
+            port = int(command[command.index("--port" if is_ours else "-p") + 1])
+            log(f"starting {name}: {' '.join(command[1:])}")
+            with servers.running(
+                name, command, port, ready_path=ready, log_dir=tmp, env=env
+            ) as server:
+                results[name] = measure(
+                    server,
+                    is_ours=is_ours,
+                    bodies=bodies,
+                    expected=expected,
+                    wrk=wrk,
+                    args=args,
+                    tmp=tmp,
+                    full=name != "ours_lightgbm",
+                )
+            log(f"{name}: {results[name]}")
+
+    results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    table = report.render(results)
+    print(table)
+    report.write(results, table, args.out)
+    log(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
+    return 0
+
+
+def write_bodies(tmp: Path, x: np.ndarray, one: np.ndarray, check: np.ndarray) -> dict[str, Path]:
+    """Every request body, in files (wrk reads its body from one)."""
+    bodies = {
+        "one": fixture.split_json(one),
+        "one_mlflow": fixture.split_json(one, mlflow_protocol=True),
+        "check": fixture.split_json(check),
+        "check_mlflow": fixture.split_json(check, mlflow_protocol=True),
+        "big": fixture.split_json(x),
+        "big_mlflow": fixture.split_json(x, mlflow_protocol=True),
+        "big_parquet": fixture.parquet_body(x),
+        "big_arrow": fixture.arrow_body(x),
+    }
+    paths = {}
+    for name, content in bodies.items():
+        path = tmp / f"{name}.body"
+        path.write_bytes(content)
+        paths[name] = path
+    return paths
+
+
+def measure(
+    server: servers.Server,
+    *,
+    is_ours: bool,
+    bodies: dict[str, Path],
+    expected: np.ndarray,
+    wrk: str,
+    args: argparse.Namespace,
+    tmp: Path,
+    full: bool,
+) -> dict[str, Any]:
+    """Check one server's predictions, then run every measurement on it."""
+    url = server.base + "/invocations"
+    suffix = "" if is_ours else "_mlflow"
+    out: dict[str, Any] = {}
+    if is_ours:
+        card = load.httpx_get_json(server.base + "/model")
+        out["backend"] = card.get("backend", "lightgbm")
+        out["backend_note"] = card.get("backend_note")
+
+    got = predictions(load.post(url, bodies["check" + suffix].read_bytes(), JSON))
+    n = len(got)
+    diff = float(np.max(np.abs(got - expected[:n])))
+    out["check_max_abs_diff"] = diff
+    if not diff <= TOLERANCE:
+        raise SystemExit(f"error: {server.name} differs from Booster.predict by {diff:.3g}")
+
+    one = bodies["one" + suffix]
+    c1 = load.run_wrk(
+        wrk,
+        url,
+        one,
+        content_type=JSON,
+        connections=1,
+        seconds=args.duration,
+        threads=1,
+        work_dir=tmp,
+    )
+    out["c1"] = vars(c1) | {"rps": c1.rps}
+    if full:
+        cn = load.run_wrk(
+            wrk,
+            url,
+            one,
+            content_type=JSON,
+            connections=args.connections,
+            seconds=args.duration,
+            threads=1,
+            work_dir=tmp,
+        )
+        out["cn"] = vars(cn) | {"rps": cn.rps}
+
+    big = bodies["big" + suffix].read_bytes()
+    out["big_json_bytes"] = len(big)
+    repeats = args.repeats if is_ours else max(3, args.repeats // 2 + 1)
+    out["big_json_s"] = load.times_summary(load.time_posts(url, big, JSON, repeats))
+    if is_ours:
+        for key, media in (("big_parquet", PARQUET), ("big_arrow", ARROW)):
+            body = bodies[key].read_bytes()
+            got = predictions(load.post(url, body, media))
+            diff = float(np.max(np.abs(got - expected)))
+            if not diff <= TOLERANCE:
+                raise SystemExit(f"error: {key} answers differ from Booster.predict by {diff:.3g}")
+            out[key + "_bytes"] = len(body)
+            out[key + "_s"] = load.times_summary(load.time_posts(url, body, media, args.repeats))
+    rss, pss = server.rss_bytes()
+    out["rss_mb"] = rss / 2**20
+    out["pss_mb"] = pss / 2**20
+    return out
+
+
+def predictions(response: Any) -> np.ndarray:
+    response.raise_for_status()
+    return np.asarray(response.json()["predictions"], dtype=np.float64)
+
+
+def floor(booster: Any, x: np.ndarray, cache: Path, repeats: int) -> dict[str, Any]:
+    """In-process scoring of the same rows: LightGBM (one thread, all threads) and lleaves."""
+    from app.compiled import compile_booster
+
+    cores = os.cpu_count() or 1
+    out: dict[str, Any] = {"cores": cores}
+
+    def timed(fn: Any, n: int) -> float:
+        fn()
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return load.median(times)
+
+    out["lightgbm_1t_s"] = timed(lambda: booster.predict(x, num_threads=1), repeats)
+    out["lightgbm_all_s"] = timed(lambda: booster.predict(x, num_threads=cores), repeats)
+    out["lightgbm_one_row_1t_ms"] = 1000 * timed(lambda: booster.predict(x[:1], num_threads=1), 200)
+    out["lightgbm_one_row_all_ms"] = 1000 * timed(
+        lambda: booster.predict(x[:1], num_threads=cores), 50
+    )
+    started = time.perf_counter()
+    forest, note = compile_booster(booster, cache / "lleaves")
+    out["lleaves_load_s"] = time.perf_counter() - started
+    out["lleaves_note"] = note
+    if forest is not None:
+        expected = booster.predict(x, num_threads=cores)
+        out["lleaves_bench_rows_max_abs_diff"] = float(
+            np.max(np.abs(forest.predict(x, cores) - expected))
+        )
+        out["lleaves_1t_s"] = timed(lambda: forest.predict(x, 1), repeats)
+        out["lleaves_all_s"] = timed(lambda: forest.predict(x, cores), repeats)
+        out["lleaves_one_row_ms"] = 1000 * timed(lambda: forest.predict(x[:1], 1), 200)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import lightgbm
+    import mlflow
+
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load_avg = list(os.getloadavg())
+    except OSError:
+        load_avg = []
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "lightgbm": lightgbm.__version__,
+        "mlflow": mlflow.__version__,
+        "load_average_at_start": [round(v, 2) for v in load_avg],
+    }
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

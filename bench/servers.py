@@ -1,0 +1,146 @@
+"""Start and stop the two servers under test, and read their resident memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Server:
+    """A running server: where it answers and its process (the root of its tree)."""
+
+    name: str
+    base: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def rss_bytes(self) -> tuple[int, int]:
+        """Resident memory of the whole process tree: (sum of RSS, sum of PSS)."""
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        rss = pss = 0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                info = p.memory_full_info()
+            except psutil.Error:
+                continue
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+        return rss, pss
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ours_command(uri: str, port: int, workers: int | None) -> list[str]:
+    """``python -m app`` on ``uri``; without ``workers`` the service's own default holds."""
+    return [
+        sys.executable,
+        "-m",
+        "app",
+        "--model-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *(["--workers", str(workers)] if workers else []),
+    ]
+
+
+def mlflow_command(uri: str, port: int) -> list[str]:
+    mlflow = Path(sys.executable).with_name("mlflow")
+    return [
+        str(mlflow),
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+
+
+@contextmanager
+def running(
+    name: str,
+    command: list[str],
+    port: int,
+    *,
+    ready_path: str,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600.0,
+) -> Iterator[Server]:
+    """Run ``command`` in its own session until the block ends; its output goes to a log file."""
+    log = log_dir / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=PROJECT_DIR,
+            # mlflow models serve runs `uvicorn` from PATH: the venv's own.
+            env={
+                **os.environ,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                **(env or {}),
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(name, f"http://127.0.0.1:{port}", proc, log)
+    try:
+        _wait_ready(server, ready_path, timeout)
+        yield server
+    finally:
+        _stop(proc)
+
+
+def _wait_ready(server: Server, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            tail = server.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(server.base + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{server.name} was not ready within {timeout:.0f}s (log: {server.log})")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, then SIGKILL what is left."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=15)

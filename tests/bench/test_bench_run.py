@@ -1,0 +1,48 @@
+"""``make bench``'s code runs end to end on a tiny configuration and writes its table.
+
+The benchmark is a measuring tool; this checks only that it works (both servers start, agree
+with in-process predictions, get measured, and the JSON and Markdown land), not any figure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PROJECT_DIR
+
+TINY = ["--trees", "5", "--train-rows", "500", "--rows", "50", "--duration", "1"]
+
+
+@pytest.mark.timeout(240)
+def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None and not Path("/usr/bin/apt-get").exists():
+        pytest.skip("wrk is not installed and cannot be installed here")
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", *TINY, "--repeats", "1", "--no-lightgbm-run",
+         "--out", str(out), "--cache", str(tmp_path / "cache")],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=230, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    results = json.loads((out / "latest.json").read_text())
+    for server in ("ours", "mlflow"):
+        assert results[server]["check_max_abs_diff"] <= 1e-9
+        assert results[server]["c1"]["requests"] > 0 and results[server]["c1"]["errors"] == 0
+        assert results[server]["cn"]["requests"] > 0
+        assert results[server]["big_json_s"]["median"] > 0
+        assert results[server]["rss_mb"] > 0
+    assert results["ours"]["big_arrow_s"]["median"] > 0
+    assert results["ours"]["big_parquet_s"]["median"] > 0
+    assert results["floor"]["lightgbm_all_s"] > 0
+
+    table = (out / "latest.md").read_text()
+    assert "| 1 row, 1 connection: p50 latency (ms) |" in table
+    assert "Arrow IPC stream" in table and "Parquet" in table
+    assert table in proc.stdout  # the same table is printed
