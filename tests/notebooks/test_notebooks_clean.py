@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 import sys
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import nbformat
@@ -92,3 +95,39 @@ def test_check_fails_naming_a_notebook_with_outputs_or_counts(tmp_path: Path) ->
     assert "with_count.ipynb: not stripped:" in result.stderr
     assert "execution count 7" in result.stderr
     assert "clean.ipynb" not in result.stderr.replace("with_", "")
+
+
+def pinned(path: Path) -> set[str]:
+    """Normalised distribution names pinned (``name==version``) in a requirements file."""
+    names = set()
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if "==" in line:
+            names.add(re.sub(r"[-_.]+", "-", line.split("==", 1)[0].split("[", 1)[0]).lower())
+    return names
+
+
+def test_every_library_a_notebook_imports_is_installed_in_the_lab_image() -> None:
+    """The lab image installs requirements.lock, dev-requirements.txt and their pinned deps."""
+    lab = (
+        pinned(PROJECT_DIR / "requirements.lock")
+        | pinned(PROJECT_DIR / "dev-requirements.txt")
+        | pinned(PROJECT_DIR / "docker" / "lab-constraints.txt")
+    )
+    distributions = packages_distributions()
+    for name in NAMES:
+        notebook = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
+        code = "\n".join(
+            line
+            for line in source(notebook).splitlines()
+            if not line.lstrip().startswith(("%", "!"))  # IPython magics are not Python
+        )
+        modules = set()
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                modules.add(node.module.split(".")[0])
+        for module in sorted(modules - set(sys.stdlib_module_names) - {"app", "training"}):
+            dists = {re.sub(r"[-_.]+", "-", d).lower() for d in distributions.get(module, [])}
+            assert dists & lab, f"{name} imports {module}, which the lab image does not install"
