@@ -323,7 +323,8 @@ def progress_callback(label: str, every: int) -> Callable[[Any], None]:
             )
             say(f"  {label}  round {iteration:>6}{score}  ({elapsed:.0f}s)")
 
-    _callback.order = 30  # type: ignore[attr-defined]  # after early stopping's bookkeeping
+    # Before early stopping (order 30), which ends training at the last round by raising.
+    _callback.order = 25  # type: ignore[attr-defined]
     return _callback
 
 
