@@ -104,8 +104,9 @@ class Stack:
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired as exc:
-            out = (exc.stdout or b"")[-3000:] if isinstance(exc.stdout, bytes) else exc.stdout
-            pytest.fail(f"`{shlex.join(cmd)}` took over {timeout}s:\n{out}")
+            raw = exc.stdout or b""
+            out = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+            pytest.fail(f"`{shlex.join(cmd)}` took over {timeout}s:\n{out[-3000:]}")
         if check and proc.returncode != 0:
             pytest.fail(
                 f"`{shlex.join(cmd)}` exited {proc.returncode}:\n"
