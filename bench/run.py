@@ -68,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     spec = ModelSpec(trees=args.trees, leaves=args.leaves, train_rows=args.train_rows)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
-        "command": "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv or [])),
+        "command": " ".join(
+            [
+                "python -m bench.run",
+                *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+            ]
+        ),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "model": {"trees": spec.trees, "leaves": spec.leaves, "features": 200},
