@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -82,15 +83,17 @@ def create_app(
                     await task
             mark_worker_dead()
 
-    app = FastAPI(
-        title="Santander transaction scoring",
-        summary="P(target = 1) for Santander-format rows, from an MLflow-registered LightGBM model",
-        version=_service_version(),
-        lifespan=lifespan,
-        docs_url="/docs" if settings.enable_docs else None,
-        redoc_url="/redoc" if settings.enable_docs else None,
-        openapi_url="/openapi.json" if settings.enable_docs else None,
-    )
+    meta: dict[str, Any] = {
+        "title": "Santander transaction scoring",
+        "summary": "P(target = 1) for Santander rows from an MLflow-registered LightGBM model",
+        "version": _service_version(),
+        "lifespan": lifespan,
+    }
+    if settings.enable_docs:
+        # /docs and /redoc with their scripts served from here, not a CDN: they work offline.
+        app = FastAPIOffline(docs_url="/docs", redoc_url="/redoc", **meta)
+    else:
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **meta)
     app.state.settings = settings
     app.state.holder = holder
     app.state.metrics = metrics

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -59,18 +61,30 @@ def server_process(
     env: Mapping[str, str] | None = None,
     ready_path: str = "/health/ready",
     port: int | None = None,
-    timeout: float = 90.0,
+    timeout: float = 240.0,
+    log_file: Path | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start a real server process (``args``; ``{port}`` is filled in) and yield its base URL.
 
-    Stops it (SIGTERM, then SIGKILL) on exit, with its whole process group.
+    Its output goes to ``log_file`` (a temporary file if not given: a pipe nobody reads would
+    fill up and stall a chatty server), shown if it fails to start. Stops it (SIGTERM, then
+    SIGKILL) on exit, with its whole process group.
     """
     port = port or free_port()
     full_env = {**os.environ, **(env or {})}
     cmd = [a.format(port=port) for a in args]
+    if log_file is None:
+        handle, name = tempfile.mkstemp(prefix="server-", suffix=".log")
+        os.close(handle)
+        log_file = Path(name)
+    out = open(log_file, "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        cmd, cwd=PROJECT_DIR, env=full_env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cmd,
+        cwd=PROJECT_DIR,
+        env=full_env,
+        start_new_session=True,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -78,11 +92,12 @@ def server_process(
             wait_http(base + ready_path, timeout=timeout, proc=proc)
         except Exception:
             stop_process(proc)
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"server {cmd} did not get ready:\n{out[-4000:]}") from None
+            text = log_file.read_text(errors="replace")
+            raise RuntimeError(f"server {cmd} did not get ready:\n{text[-4000:]}") from None
         yield base, proc
     finally:
         stop_process(proc)
+        out.close()
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
@@ -92,10 +107,8 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=timeout)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=5)
 
 
