@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     compiled_cache_dir: str = ""
     """Where compiled models are kept between starts; empty: a folder under the temp dir."""
 
+    compile_in_background: bool = True
+    """Serve with LightGBM at once and switch to the compiled trees when they are ready."""
+
     enable_docs: bool = True
     """Serve /docs, /redoc and /openapi.json."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class BoosterPredictor:
         features: tuple[str, ...],
         compiled: bool = False,
         cache_dir: str | None = None,
+        background: bool = False,
     ) -> None:
         self.booster = booster
         booster_names = list(booster.feature_name())
@@ -72,17 +74,37 @@ class BoosterPredictor:
         self.backend = "lightgbm"
         self.backend_note = "LightGBM Booster.predict (compiled predictor off)"
         self._compiled: CompiledForest | None = None
-        if compiled:
-            self._compiled, self.backend_note = compile_booster(booster, cache_dir)
-            if self._compiled is not None:
-                self.backend = self._compiled.backend
-            log.info("scoring backend: %s", self.backend_note)
+        self.compiling: threading.Thread | None = None
+        if compiled and background:
+            # Compiling a big forest takes minutes: serve with LightGBM meanwhile, switch after.
+            self.backend_note = "LightGBM Booster.predict while lleaves compiles in the background"
+            self.compiling = threading.Thread(
+                target=self._compile, args=(cache_dir,), name="lleaves-compile", daemon=True
+            )
+            self.compiling.start()
+        elif compiled:
+            self._compile(cache_dir)
+
+    def _compile(self, cache_dir: str | None) -> None:
+        compiled, note = compile_booster(self.booster, cache_dir)
+        if compiled is not None:
+            self.backend = compiled.backend
+            self._compiled = compiled  # one assignment: requests switch over atomically
+        self.backend_note = note
+        log.info("scoring backend: %s", note)
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Wait for a background compilation; whether the compiled forest now scores."""
+        if self.compiling is not None:
+            self.compiling.join(timeout)
+        return self._compiled is not None
 
     def predict(self, x: np.ndarray, threads: int) -> np.ndarray:
         if self._order is not None:
             x = np.ascontiguousarray(x[:, self._order])
-        if self._compiled is not None:
-            return self._compiled.predict(x, threads)
+        compiled = self._compiled
+        if compiled is not None:
+            return compiled.predict(x, threads)
         out = self.booster.predict(x, num_threads=threads)
         return np.asarray(out, dtype=np.float64)
 
@@ -230,11 +252,13 @@ def load_model(uri: str, compiled: bool | None = None, cache_dir: str | None = N
             if "lightgbm" in mlmodel.flavors:
                 native = mlflow.lightgbm.load_model(str(local))
                 booster = getattr(native, "booster_", native)
+                background = False
                 if compiled is None:
                     settings = get_settings()
                     compiled = settings.compiled_predictor
+                    background = settings.compile_in_background
                     cache_dir = cache_dir or settings.compiled_cache_dir or None
-                predictor = BoosterPredictor(booster, features, compiled, cache_dir)
+                predictor = BoosterPredictor(booster, features, compiled, cache_dir, background)
             else:
                 predictor = PyfuncPredictor(mlflow.pyfunc.load_model(str(local)), features)
         loaded = LoadedModel(predictor=predictor, uri=uri)
