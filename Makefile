@@ -40,6 +40,7 @@ mlflow-ui: install ## MLflow UI on :5000 over the project's own store
 		--default-artifact-root "$(CURDIR)/mlartifacts" --host 0.0.0.0 --port 5000
 
 test: install ## Run the whole test suite (Docker tests run where an engine answers)
+	./scripts/system-deps.sh
 	$(BIN)/pytest -q
 
 lint: install ## ruff format --check, ruff check, mypy, notebook outputs stripped
@@ -56,8 +57,8 @@ format: install ## Format the code and strip notebook outputs
 bench: install ## Benchmark this service against `mlflow models serve` (writes bench/results/)
 	$(PY) -m bench.run
 
-docker-smoke: ## Build and bring up the docker-compose stack, train in it, call the API, tear down
-	$(PY) -m pytest -q -m docker tests/test_docker_stack.py
+docker-smoke: install ## Build and bring up the docker-compose stack, train in it, call the API, tear down
+	$(BIN)/pytest -q -m docker tests/docker
 
 clean: ## Remove the venv, caches and the local MLflow store
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache mlflow.db mlartifacts mlruns
