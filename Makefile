@@ -19,7 +19,7 @@ help: ## List the targets
 $(STAMP): requirements-dev.lock requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24" "uv>=0.4"
-	$(BIN)/uv pip install -q --python $(PY) -r requirements-dev.lock
+	$(BIN)/uv pip install -q --compile-bytecode --python $(PY) -r requirements-dev.lock
 	$(BIN)/uv pip install -q --python $(PY) --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)

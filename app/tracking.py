@@ -46,16 +46,23 @@ def configure_tracking() -> str:
 def ensure_experiment(name: str) -> str:
     """Return the id of experiment ``name``, creating it if needed.
 
-    On the embedded store the artifacts go under ``mlartifacts/`` in the project folder, so runs
-    logged from a notebook, a test or the CLI all land in one place whatever the working directory.
-    On a tracking server the server chooses (``--serve-artifacts``).
+    On a SQLite store (the embedded one included) the artifacts go under ``mlartifacts/`` beside
+    the database, so runs logged from a notebook, a test or the CLI all land in one place whatever
+    the working directory. On a tracking server the server chooses (``--serve-artifacts``).
     """
     configure_tracking()
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
-    location = None
-    if is_embedded():
-        location = (DEFAULT_ARTIFACTS / name).as_uri()
-    return str(client.create_experiment(name, artifact_location=location))
+    return str(client.create_experiment(name, artifact_location=_artifact_location(name)))
+
+
+def _artifact_location(experiment: str) -> str | None:
+    """Artifacts of a SQLite store go beside its database file, not under the working directory."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server decides (--serve-artifacts)
+    db = Path(uri[len("sqlite:///"):])
+    root = DEFAULT_ARTIFACTS if is_embedded(uri) else db.parent / "mlartifacts"
+    return (root / experiment).as_uri()
