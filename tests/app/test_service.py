@@ -216,7 +216,9 @@ def test_retry_mode_starts_without_a_model_and_becomes_ready(
         )
         assert r.status_code == 503 and r.json()["error_code"] == "MODEL_NOT_READY"
         client.create_registered_model(name)
-        mv = client.create_model_version(name, booster_model.model_uri, run_id=booster_model.run_id)
+        mv = client.create_model_version(
+            name, f"models:/{booster_model.model_id}", run_id=booster_model.run_id
+        )
         client.set_registered_model_alias(name, "champion", mv.version)
         deadline = time.monotonic() + 90
         while httpx.get(f"{base}/health/ready").status_code != 200:
