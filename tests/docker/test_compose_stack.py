@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -30,6 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import requests
 
 from tests.helpers import PROJECT_DIR, free_port, server_process
 
@@ -202,32 +204,46 @@ def _wait_status(url: str, status: int, timeout: float) -> httpx.Response:
     pytest.fail(f"{url} did not answer {status} within {timeout}s (last: {last!r})")
 
 
-def readme_request() -> tuple[str, bytes]:
-    """The README's example ``/invocations`` request: (content type, body).
+def readme_request(api: str) -> tuple[str, bytes]:
+    """Send the README's example ``/invocations`` request to ``api``; return (content type, body).
 
-    Reads the first ``curl`` command that posts to ``/invocations`` in README.md, with its body
-    inline (``-d '...'``) or from a file (``-d @path``), so the README cannot drift from what the
-    stack serves.
+    The README's first Python block that posts to ``/invocations`` runs as written, its
+    ``:8000`` URL pointed at ``api``; its response must be a 200. Failing that, its first ``curl``
+    command to ``/invocations`` (body inline or ``-d @file``) is read. Either way the README cannot
+    drift from what the stack serves.
     """
     readme = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
+    for block in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL):
+        if "/invocations" not in block:
+            continue
+        code = re.sub(r"http://(?:0\.0\.0\.0|localhost|127\.0\.0\.1):8000", api, block)
+        namespace: dict[str, Any] = {}
+        exec(compile(code, "README.md", "exec"), namespace)  # the README's own snippet
+        responses = [v for v in namespace.values() if isinstance(v, requests.Response)]
+        assert responses, "the README's /invocations snippet keeps no response to check"
+        response = responses[-1]
+        assert response.status_code == 200, response.text
+        sent = response.request
+        body = sent.body.encode() if isinstance(sent.body, str) else bytes(sent.body or b"")
+        return str(sent.headers.get("Content-Type", "application/json")), body
     # Shell line continuations joined, so a multi-line curl reads as one command.
     text = readme.replace("\\\n", " ")
     for line in text.splitlines():
         if "curl" not in line or "/invocations" not in line:
             continue
         args = shlex.split(line[line.index("curl") :], comments=True)
-        content_type, body = "application/json", None
+        content_type, curl_body = "application/json", None
         for flag, value in itertools.pairwise(args):
             if flag in ("-H", "--header") and value.lower().startswith("content-type:"):
                 content_type = value.split(":", 1)[1].strip()
             if flag in ("-d", "--data", "--data-binary", "--data-raw"):
                 if value.startswith("@") and flag != "--data-raw":
-                    body = (PROJECT_DIR / value[1:]).read_bytes()
+                    curl_body = (PROJECT_DIR / value[1:]).read_bytes()
                 else:
-                    body = value.encode()
-        if body is not None:
-            return content_type, body
-    pytest.fail("README.md has no `curl ... /invocations -d ...` example to post")
+                    curl_body = value.encode()
+        if curl_body is not None:
+            return content_type, curl_body
+    pytest.fail("README.md has no example request to /invocations (Python block or curl)")
 
 
 def test_fresh_api_is_live_but_not_ready(stack: Stack) -> None:
@@ -274,7 +290,7 @@ def trained(stack: Stack) -> Stack:
 
 
 def test_api_gets_ready_by_itself_and_serves_the_readme_request(trained: Stack) -> None:
-    content_type, body = readme_request()
+    content_type, body = readme_request(trained.api)
     r = httpx.post(
         trained.api + "/invocations",
         content=body,
@@ -297,7 +313,7 @@ def test_api_container_is_healthy_once_ready(trained: Stack) -> None:
 def test_local_serve_against_compose_tracking_server(trained: Stack) -> None:
     """`./local-serve.sh` on the host serves the champion registered in the compose stack."""
     env = {"MLFLOW_TRACKING_URI": trained.mlflow}
-    content_type, body = readme_request()
+    content_type, body = readme_request(trained.api)
     with server_process(
         [
             "./local-serve.sh",
