@@ -82,6 +82,8 @@ class Settings:
         register_as: Registered model name; empty string: log the model but do not register it.
         promote: Promotion policy for alias ``champion``.
         preset: ``"quick"`` or ``"default"``, recorded as a tag.
+        dask_scheduler: ``tcp://host:8786`` or ``"local"``: train with ``lightgbm.dask`` there
+            (``training.distributed``); ``None``: on this machine.
     """
 
     data: Path | None = None
@@ -97,6 +99,7 @@ class Settings:
     register_as: str = DEFAULT_MODEL_NAME
     promote: Policy = "if-better"
     preset: str = "default"
+    dask_scheduler: str | None = None
 
 
 DEFAULT = Settings()
@@ -590,6 +593,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--log-every", type=int, help="progress every N rounds (default 500; --quick 100)"
     )
+    parser.add_argument(
+        "--dask-scheduler",
+        help="train with lightgbm.dask on this Dask scheduler (tcp://host:8786), or 'local'",
+    )
     args = parser.parse_args(argv)
     base = QUICK if args.quick else DEFAULT
     given = {
@@ -605,6 +612,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "register_as": args.register_as,
         "promote": args.promote,
         "log_every": args.log_every,
+        "dask_scheduler": args.dask_scheduler,
     }
     settings = replace(base, **{k: v for k, v in given.items() if v is not None})
     if args.data is not None and args.rows is None:
@@ -625,6 +633,10 @@ def run(settings: Settings) -> LoggedRun:
     Returns:
         Where the run landed.
     """
+    if settings.dask_scheduler:
+        from training.distributed import run_distributed
+
+        return run_distributed(settings, settings.dask_scheduler)
     start = time.monotonic()
     # Data first: a bad file fails in seconds, before anything is written to the store.
     data = load_or_synthesize(settings.data, settings.rows, settings.seed)
