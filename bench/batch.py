@@ -1,0 +1,112 @@
+"""Rows per second of batch scoring (``app.batch`` on a 2-worker LocalCluster) beside one process
+calling ``Booster.predict`` on the same rows already in memory.
+
+    .venv/bin/python bench/batch.py [--rows 1000000] [--files 10] [--trees 200]
+
+Synthetic Santander-shaped rows are written as Parquet files to a temporary folder; a LightGBM
+model with the project's parameters is logged to a temporary MLflow store. The batch figure
+includes reading the files, the service's checks and writing the output parts; the
+``Booster.predict`` figure is scoring only (the floor a batch job cannot beat on one machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--files", type=int, default=10)
+    parser.add_argument("--trees", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+    import lightgbm as lgb
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from distributed import Client, LocalCluster
+
+    from app.batch import score_files
+    from training.train import default_params, model_signature
+
+    rng = np.random.default_rng(0)
+    x_train = rng.normal(size=(20_000, 200))
+    y_train = (x_train[:, 0] + rng.normal(size=20_000) > 1.3).astype(int)
+    features = [f"var_{i}" for i in range(200)]
+    booster = lgb.train(
+        default_params(0, 0.1),
+        lgb.Dataset(x_train, y_train, feature_name=features),
+        num_boost_round=args.trees,
+    )
+    mlflow.set_experiment("bench")
+    with mlflow.start_run():
+        info = mlflow.lightgbm.log_model(
+            booster, name="model", signature=model_signature(), pip_requirements=["lightgbm"]
+        )
+    uri = info.model_uri
+
+    print(f"writing {args.rows:,} rows to {args.files} Parquet files in {tmp}", file=sys.stderr)
+    x = rng.normal(size=(args.rows, 200))
+    bounds = np.linspace(0, args.rows, args.files + 1).astype(int)
+    for k in range(args.files):
+        a, b = bounds[k], bounds[k + 1]
+        table = pa.table(
+            {"ID_code": pa.array([f"test_{i}" for i in range(a, b)]),
+             **{name: x[a:b, j] for j, name in enumerate(features)}}
+        )  # fmt: skip
+        pq.write_table(table, tmp / f"in-{k:02d}.parquet", row_group_size=50_000)
+
+    started = time.perf_counter()
+    reference = booster.predict(x, num_threads=0)
+    single = time.perf_counter() - started
+
+    with (
+        LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        # Load the model on every worker first: the figure is for scoring, not start-up.
+        score_files(client, uri, [str(tmp / "in-00.parquet")], tmp / "warm", rows_per_piece=50_000)
+        started = time.perf_counter()
+        summary = score_files(
+            client, uri, [str(tmp / "in-*.parquet")], tmp / "out", rows_per_piece=50_000
+        )
+        batch = time.perf_counter() - started
+
+    out = pd.concat(pd.read_parquet(p) for p in sorted((tmp / "out").glob("part-*.parquet")))
+    order = out["ID_code"].str.slice(5).astype(int).to_numpy()
+    worst = float(np.max(np.abs(out["probability"].to_numpy() - reference[order])))
+    cores = os.cpu_count()
+    print(
+        f"batch scoring (app.batch, {args.workers} workers x 1 thread, {args.files} Parquet "
+        f"files in, Parquet out): {summary.rows:,} rows in {batch:.1f}s = "
+        f"{summary.rows / batch:,.0f} rows/s"
+    )
+    print(
+        f"one process, Booster.predict (num_threads=0, {cores} cores, rows in memory): "
+        f"{args.rows:,} rows in {single:.1f}s = {args.rows / single:,.0f} rows/s"
+    )
+    print(f"max |batch - Booster.predict| = {worst:.2e}; model: {args.trees} trees, 13 leaves")
+    shutil.rmtree(tmp, ignore_errors=True)  # about 2 GB of Parquet for a million rows
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
