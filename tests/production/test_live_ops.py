@@ -35,18 +35,29 @@ def two_versions(booster_model: LoggedModel, classifier_model: LoggedModel) -> I
     v2 = client.create_model_version(
         name, f"models:/{classifier_model.model_id}", run_id=classifier_model.run_id
     )
-    client.set_registered_model_alias(name, "champion", v1.version)
     clf = mlflow.lightgbm.load_model(classifier_model.model_uri)
     rows = booster_model.frame
     yield {
         "name": name,
         "client": client,
-        "v1": v1.version,
-        "v2": v2.version,
+        "v1": str(v1.version),
+        "v2": str(v2.version),
         "body": rows.to_json(orient="split"),
         "expected_v1": booster_model.expected,
         "expected_v2": clf.predict_proba(rows)[:, 1],
     }
+
+
+@pytest.fixture
+def versions(two_versions: dict) -> Iterator[dict]:
+    """``two_versions`` with the alias on v1 before and after each test."""
+    two_versions["client"].set_registered_model_alias(
+        two_versions["name"], "champion", two_versions["v1"]
+    )
+    yield two_versions
+    two_versions["client"].set_registered_model_alias(
+        two_versions["name"], "champion", two_versions["v1"]
+    )
 
 
 def serve(uri: str, log_file=None, **env: str):  # type: ignore[no-untyped-def]
@@ -99,8 +110,8 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
         time.sleep(0.2)
 
 
-def test_reload_under_load_drops_nothing_and_switches(two_versions: dict, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    v = two_versions
+def test_reload_under_load_drops_nothing_and_switches(versions: dict, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    v = versions
     log_file = tmp_path / "server.log"
     expected = {"v1": v["expected_v1"], "v2": v["expected_v2"]}
     with serve(f"models:/{v['name']}@champion", log_file=log_file, LOG_FORMAT="json") as (base, _):
@@ -157,8 +168,8 @@ def test_reload_under_load_drops_nothing_and_switches(two_versions: dict, tmp_pa
     assert repr(first_value) not in raw, "the payload must never be logged"
 
 
-def test_polling_follows_the_alias(two_versions: dict) -> None:
-    v = two_versions
+def test_polling_follows_the_alias(versions: dict) -> None:
+    v = versions
     with serve(f"models:/{v['name']}@champion", MODEL_POLL_SECONDS="1") as (base, _):
 
         def answer() -> np.ndarray:
