@@ -45,12 +45,10 @@ from typing import Any
 import numpy as np
 
 from app.errors import InvalidInput, ModelLoadError, ServiceError, quote_name
-from app.payloads import check_columns, from_table
+from app.payloads import CSV_NULLS, check_columns, from_table
 
 log = logging.getLogger(__name__)
 
-# The same spellings of "missing" that ``/invocations`` accepts in text/csv bodies.
-CSV_NULLS = ["", "null", "NaN", "nan", "NA"]
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 PROBABILITY = "probability"

@@ -51,6 +51,7 @@ SUPPORTED = (
     "application/json, text/csv, application/vnd.apache.parquet, "
     "application/vnd.apache.arrow.stream"
 )
+CSV_NULLS = ["", "null", "NaN", "nan", "NA"]  # CSV cells read as missing values
 FAST_PATH_BYTES = 32 * 1024
 SPLIT_KEYS = {"columns", "index", "data"}
 
@@ -419,7 +420,7 @@ def parse_csv(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarray
     try:
         table = pcsv.read_csv(
             pa.py_buffer(body),
-            convert_options=pcsv.ConvertOptions(null_values=["", "null", "NaN", "nan", "NA"]),
+            convert_options=pcsv.ConvertOptions(null_values=CSV_NULLS),
         )
     except (pa.ArrowInvalid, pa.ArrowException) as exc:
         text = str(exc)
