@@ -33,6 +33,24 @@ UP_TIMEOUT = 300
 READY_TIMEOUT = 240
 
 
+def _free_range(size: int, avoid: set[int]) -> int:
+    """The first port of ``size`` consecutive free ports, none of them in ``avoid``."""
+    import socket
+
+    for base in range(21000, 29000, size):
+        ports = range(base, base + size)
+        if avoid & set(ports):
+            continue
+        try:
+            for port in ports:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free range of host ports")
+
+
 def _engine_answers() -> bool:
     if shutil.which("docker") is None:
         return False
@@ -82,12 +100,13 @@ def replicas() -> Iterator[Replicas]:
             pytest.fail("REQUIRE_DOCKER=1 but no Docker engine answers (`docker info` failed)")
         pytest.skip("no Docker engine answers")
     first = free_port()
-    # A range of host ports for the replicas (see docker-compose.scale.yml); likely free, and
-    # docker picks whichever of them are.
-    base = 20000 + (first % 20000)
+    mlflow_port = free_port()
+    # A range of host ports for the replicas (see docker-compose.scale.yml), free now and apart
+    # from the proxy's and MLflow's.
+    base = _free_range(10, avoid={first, mlflow_port})
     env = {
         **os.environ,
-        "MLFLOW_PORT": str(free_port()),
+        "MLFLOW_PORT": str(mlflow_port),
         "PROXY_PORT": str(first),
         "API_PORT": f"{base}-{base + 9}",
         "STACK_BIND": "127.0.0.1",

@@ -79,15 +79,18 @@ mlflow.MlflowClient().set_registered_model_alias("remote", "champion",
 booster.save_model(sys.argv[1])
 """
     model_file = tracking.root / "booster.txt"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.url}
-    subprocess.run(
+    # Nothing MLflow-related from this session (an experiment id, say) may leak into the client.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = tracking.url
+    proc = subprocess.run(
         [sys.executable, "-c", script, str(model_file)],
         cwd=PROJECT_DIR,
         env=env,
-        check=True,
         timeout=300,
         capture_output=True,
+        text=True,
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     rows, _ = make_frame(20, seed=10)
     return np.asarray(lgb.Booster(model_file=str(model_file)).predict(rows.to_numpy()))
 
