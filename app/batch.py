@@ -642,7 +642,11 @@ def score_files(
 
 
 @contextmanager
-def _cluster(scheduler: str, workers: int | None, threads: int) -> Iterator[Any]:
+def dask_client(scheduler: str, workers: int | None = None, threads: int = 1) -> Iterator[Any]:
+    """A client of ``scheduler``, or of a new ``LocalCluster`` of processes for ``"local"``.
+
+    Processes, not threads: LightGBM's network layer (distributed training) is per process.
+    """
     from distributed import Client, LocalCluster
 
     if scheduler != "local":
@@ -660,6 +664,7 @@ def _cluster(scheduler: str, workers: int | None, threads: int) -> Iterator[Any]
         LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=n,
             threads_per_worker=threads,
+            processes=True,
             host="127.0.0.1",
             dashboard_address=dashboard,
         ) as cluster,
@@ -720,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{len(prepared.pieces)} piece(s) to score with {prepared.job.model_uri}",
             file=sys.stderr,
         )
-        with _cluster(args.scheduler, args.workers, args.threads_per_worker) as client:
+        with dask_client(args.scheduler, args.workers, args.threads_per_worker) as client:
             if "bokeh" in sys.modules:
                 print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
             summary = execute(client, prepared, progress=not args.no_progress)

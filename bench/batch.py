@@ -40,9 +40,8 @@ def main() -> int:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from distributed import Client, LocalCluster
 
-    from app.batch import score_files
+    from app.batch import dask_client, score_files
     from training.train import default_params, model_signature
 
     rng = np.random.default_rng(0)
@@ -76,12 +75,7 @@ def main() -> int:
     reference = booster.predict(x, num_threads=0)
     single = time.perf_counter() - started
 
-    with (
-        LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with dask_client("local", args.workers) as client:
         # Load the model on every worker first: the figure is for scoring, not start-up.
         score_files(client, uri, [str(tmp / "in-00.parquet")], tmp / "warm", rows_per_piece=50_000)
         started = time.perf_counter()

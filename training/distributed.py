@@ -27,8 +27,6 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.pandas_dataset import from_pandas
 from sklearn.metrics import roc_auc_score
 
+from app.batch import dask_client
 from app.tracking import configure_tracking, ensure_experiment
 from training.data import FEATURES, ID, TARGET, check_frame, synthesize
 from training.promote import promote
@@ -56,33 +55,6 @@ from training.train import (
 
 AUC_TOLERANCE = 0.01
 """Largest CV AUC difference between this path and ``training.train`` on the same data."""
-
-
-@contextmanager
-def dask_client(scheduler: str, workers: int = 2) -> Iterator[Any]:
-    """A client of ``scheduler``, or of a new ``LocalCluster`` for ``"local"``.
-
-    Local workers are processes, one thread each: LightGBM's network layer is per process, so
-    two workers sharing one process cannot train together.
-    """
-    from distributed import Client, LocalCluster
-
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    if scheduler != "local":
-        with Client(scheduler) as client:  # type: ignore[no-untyped-call]
-            yield client
-        return
-    with (
-        LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,  # type: ignore[no-untyped-call]
-    ):
-        yield client
 
 
 def read_frame(settings: Settings, partitions: int) -> tuple[Any, str, Any]:
@@ -186,6 +158,7 @@ def run_distributed(settings: Settings, scheduler: str = "local", workers: int =
     params = default_params(settings.seed, settings.learning_rate)
     # lightgbm.dask gives each worker the threads its Dask worker has, and warns if told.
     params.pop("num_threads")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     with dask_client(scheduler, workers) as client:
         n_workers = max(len(client.scheduler_info()["workers"]), 1)
         say(f"dask: {client.scheduler.address} with {n_workers} worker(s)")
