@@ -63,6 +63,6 @@ def _artifact_location(experiment: str) -> str | None:
     uri = tracking_uri()
     if not uri.startswith("sqlite:///"):
         return None  # a tracking server decides (--serve-artifacts)
-    db = Path(uri[len("sqlite:///"):])
+    db = Path(uri[len("sqlite:///") :])
     root = DEFAULT_ARTIFACTS if is_embedded(uri) else db.parent / "mlartifacts"
     return (root / experiment).as_uri()
