@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-9
 PROBE_ROWS = 1024
 ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
+_forests_in_process = 0
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "santander-serving-lleaves"
 
 
@@ -83,6 +84,14 @@ def compile_booster(
     Returns:
         The compiled forest (or ``None`` when it cannot be used) and one line saying why.
     """
+    global _forests_in_process  # noqa: PLW0603
+    if _forests_in_process >= 1:
+        # A second forest compiled into the same process was seen to answer with the first one's
+        # trees after a model swap (the probe check had passed), so only one per process.
+        return None, (
+            "LightGBM Booster.predict: this process already runs a compiled forest; "
+            "restart it to compile this model"
+        )
     try:
         # Optional: a missing compiler only means LightGBM scores.
         lleaves = importlib.import_module("lleaves")
@@ -120,6 +129,7 @@ def compile_booster(
             "using LightGBM"
         )
     forest.max_abs_diff = diff
+    _forests_in_process += 1
     return forest, forest.describe()
 
 

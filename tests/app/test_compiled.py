@@ -14,6 +14,12 @@ from app.predictor import BoosterPredictor
 from tests.helpers import FEATURES, make_frame
 
 
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a process that has compiled no forest yet."""
+    monkeypatch.setattr("app.compiled._forests_in_process", 0)
+
+
 @pytest.fixture(scope="module")
 def booster() -> lgb.Booster:
     x, y = make_frame(800, seed=21)
@@ -34,6 +40,17 @@ def test_compiled_trees_match_lightgbm(booster: lgb.Booster, tmp_path: Path) -> 
     x[6, 4] = 1e-40  # LightGBM reads this as zero
     got = forest.predict(np.ascontiguousarray(x), threads=2)
     np.testing.assert_allclose(got, booster.predict(x), rtol=0, atol=TOLERANCE)
+    # One compiled forest per process: a second one (a reloaded model) is scored by LightGBM.
+    second, note = compile_booster(booster, tmp_path)
+    assert second is None and "already runs a compiled forest" in note
+
+
+def test_compiled_code_is_cached_between_starts(
+    booster: lgb.Booster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, note = compile_booster(booster, tmp_path)
+    assert first is not None and not first.from_cache, note
+    monkeypatch.setattr("app.compiled._forests_in_process", 0)  # as a new process would
     again, note = compile_booster(booster, tmp_path)
     assert again is not None and again.from_cache, note
 
