@@ -130,7 +130,6 @@ def _example_split() -> dict[str, Any]:
 
 def invocations_openapi() -> dict[str, Any]:
     """The ``requestBody`` of POST /invocations, for ``openapi_extra``."""
-    split = SplitFrame.model_json_schema(ref_template="#/components/schemas/{model}")
     json_schema = {
         "oneOf": [
             {"$ref": "#/components/schemas/SplitFrame"},
@@ -140,7 +139,6 @@ def invocations_openapi() -> dict[str, Any]:
             {"$ref": "#/components/schemas/InputsRequest"},
         ]
     }
-    del split
     header = ",".join(FEATURES)
     csv_example = header + "\n" + ",".join(str(v) for v in EXAMPLE_ROW) + "\n"
     return {
