@@ -46,7 +46,7 @@ test: install ## Run the whole test suite (Docker tests run where an engine answ
 lint: install ## ruff format --check, ruff check, mypy, notebook outputs stripped
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy app training bench
+	$(BIN)/mypy app scoring batch training bench
 	$(PY) scripts/check_notebooks.py
 
 format: install ## Format the code and strip notebook outputs

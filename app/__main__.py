@@ -40,10 +40,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from pydantic import ValidationError
 
-    from app.config import Settings, normalize_model_uri
-    from app.errors import ModelLoadError
-    from app.predictor import check_model
-    from app.tracking import tracking_uri
+    from app.config import Settings
+    from scoring.errors import ModelLoadError
+    from scoring.loading import check_model
+    from scoring.model_ref import normalize_model_uri
+    from scoring.tracking import tracking_uri
 
     if args.model_uri:
         os.environ["MODEL_URI"] = normalize_model_uri(args.model_uri)

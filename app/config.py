@@ -1,48 +1,21 @@
 """Service settings, read from the environment once (pydantic-settings).
 
 Every field is an environment variable of the same name in upper case, e.g. ``MODEL_URI``.
-``MLFLOW_TRACKING_URI`` is read by MLflow itself (see ``app.tracking``).
+``MLFLOW_TRACKING_URI`` is read by MLflow itself (see ``scoring.tracking``). Read once, at the
+entry point (``serve_app``), and passed down: nothing below it reads the environment.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_RUNS_URI = re.compile(r"^runs:/[0-9A-Za-z_-]+(/.*)?$")
-_MODELS_URI = re.compile(r"^models:/(m-[0-9a-f]+|[^/@]+(/[^/]+|@[^/]+))/?$")
-
-
-def normalize_model_uri(ref: str) -> str:
-    """Turn what a user types into an MLflow model URI.
-
-    A bare 32-hex run id means ``runs:/<id>/model``; a logged-model id ``m-<hex>`` means
-    ``models:/m-<hex>``; anything else is taken as a URI or a local path.
-    """
-    ref = ref.strip()
-    if _RUN_ID.match(ref):
-        return f"runs:/{ref}/model"
-    if re.match(r"^m-[0-9a-f]{32}$", ref):
-        return f"models:/{ref}"
-    return ref
-
-
-def check_model_uri(uri: str) -> str:
-    """Reject a malformed ``runs:/`` or ``models:/`` URI before anything starts."""
-    if uri.startswith("runs:") and not _RUNS_URI.match(uri):
-        raise ValueError(f"malformed run URI {uri!r}: expected runs:/<run-id>/<path>")
-    if uri.startswith("models:") and not _MODELS_URI.match(uri):
-        raise ValueError(
-            f"malformed model URI {uri!r}: expected models:/<name>/<version>, "
-            "models:/<name>@<alias> or models:/m-<logged-model-id>"
-        )
-    return uri
+from scoring.loading import LoadOptions
+from scoring.model_ref import check_model_uri, normalize_model_uri
 
 
 class Settings(BaseSettings):
@@ -113,6 +86,12 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=64, ge=1)
     """Scoring requests in progress per worker beyond which new ones get 503 + Retry-After."""
 
+    reload_signal_file: str | None = None
+    """A file the workers of one server share to pass on reloads (``python -m app`` sets it)."""
+
+    prometheus_multiproc_dir: str | None = None
+    """Prometheus' folder shared by the workers of one server (``python -m app`` sets it)."""
+
     @field_validator("model_uri")
     @classmethod
     def _valid_uri(cls, value: str | None) -> str | None:
@@ -120,6 +99,14 @@ class Settings(BaseSettings):
             None
             if value is None or not value.strip()
             else check_model_uri(normalize_model_uri(value))
+        )
+
+    def load_options(self) -> LoadOptions:
+        """How the model loader builds predictors, from these settings."""
+        return LoadOptions(
+            compiled=self.compiled_predictor,
+            cache_dir=self.compiled_cache_dir or None,
+            background=self.compile_in_background,
         )
 
     def threads_for(self, rows: int) -> int:

@@ -21,14 +21,15 @@ from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.admission import InFlight
 from app.config import Settings, get_settings
-from app.errors import ServiceError
 from app.model_holder import ModelHolder
 from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
-from app.predictor import LoadedModel, Predictor
 from app.routes import admin, health, invocations, model
-from app.routes.invocations import InFlight
-from app.schemas import REQUEST_MODELS
+from scoring.contract.models import REQUEST_MODELS
+from scoring.errors import ServiceError
+from scoring.loading import LoadedModel, load_model
+from scoring.predictors import Predictor
 
 log = logging.getLogger("app")
 
@@ -48,9 +49,14 @@ def create_app(
         holder: a ready-made model holder (tests, or a custom loader).
     """
     settings = settings or get_settings()
-    metrics = Metrics()
+    metrics = Metrics(settings.prometheus_multiproc_dir)
     if holder is None:
-        holder = ModelHolder(settings.model_uri)
+        options = settings.load_options()
+        holder = ModelHolder(
+            settings.model_uri,
+            loader=lambda uri: load_model(uri, options),
+            signal_file=settings.reload_signal_file,
+        )
         if predictor is not None:
             holder.current = LoadedModel(predictor=predictor, uri=settings.model_uri or "memory")
     holder.on_swap.append(lambda new, old: _record_swap(metrics, new, old))
@@ -81,7 +87,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            mark_worker_dead()
+            mark_worker_dead(settings.prometheus_multiproc_dir)
 
     meta: dict[str, Any] = {
         "title": "Santander transaction scoring",
@@ -106,6 +112,7 @@ def create_app(
 
     @app.get(
         "/metrics",
+        tags=["operations"],
         include_in_schema=True,
         response_class=Response,
         responses={200: {"content": {"text/plain": {}}}},

@@ -6,8 +6,8 @@ A failed load never touches ``current``: the old model keeps serving, and ``last
 by /model, /health/ready, the logs and /metrics) says what failed.
 
 With several workers, a reload asked of one worker is passed on through a generation counter in
-a shared file (``RELOAD_SIGNAL_FILE``, set by ``python -m app``); each worker re-resolves the URI
-and swaps on its own.
+a shared file (setting ``reload_signal_file``, set by ``python -m app``); each worker re-resolves
+the URI and swaps on its own.
 """
 
 from __future__ import annotations
@@ -23,45 +23,15 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import ModelLoadError, ModelNotReady
-from app.predictor import LoadedModel, load_model
+from scoring.errors import ModelLoadError, ModelNotReady
+from scoring.loading import LoadedModel, load_model
+from scoring.model_ref import resolve_fingerprint
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[str], LoadedModel]
 Resolver = Callable[[str], str | None]
 SwapHook = Callable[[LoadedModel, LoadedModel | None], None]
-
-
-def resolve_fingerprint(uri: str) -> str | None:
-    """What ``uri`` points at now (registered version and run), without downloading anything.
-
-    ``None`` for URIs that cannot move (a run, a fixed version, a path): there is nothing to poll.
-    """
-    if not uri.startswith("models:/") or ("@" not in uri and not uri.endswith("/latest")):
-        return None
-    import mlflow
-
-    from app.tracking import configure_tracking
-
-    configure_tracking()
-    client = mlflow.MlflowClient()
-    ref = uri[len("models:/") :].strip("/")
-    try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            mv = client.get_latest_versions(ref.rsplit("/", 1)[0])[0]
-    except Exception as exc:
-        raise ModelLoadError(uri, " ".join(str(exc).split())[:300]) from None
-    return f"{mv.name}/{mv.version}:{mv.run_id}"
-
-
-def fingerprint_of(model: LoadedModel) -> str | None:
-    if model.registered_name is None:
-        return None
-    return f"{model.registered_name}/{model.version}:{model.run_id}"
 
 
 class ModelHolder:
@@ -84,9 +54,9 @@ class ModelHolder:
         self.failures = 0
         self.on_swap: list[SwapHook] = []
         self.on_failure: list[Callable[[str], None]] = []
-        self._lock = threading.Lock()
-        path = signal_file if signal_file is not None else os.environ.get("RELOAD_SIGNAL_FILE")
-        self.signal_file = Path(path) if path else None
+        self._lock = threading.Lock()  # one load at a time; held across a download
+        self._signal_lock = threading.Lock()  # never held long: taken on the event loop
+        self.signal_file = Path(signal_file) if signal_file else None
         self._generation = self._read_generation()
 
     def require(self) -> LoadedModel:
@@ -157,7 +127,7 @@ class ModelHolder:
                 self._failed(exc.cause)
                 log.error("reload failed, still serving the previous model: %s", exc)
                 raise
-            if now is not None and now == fingerprint_of(current):
+            if now is not None and now == current.fingerprint:
                 return False
         try:
             self.load()
@@ -189,7 +159,9 @@ class ModelHolder:
                 continue  # the retry loop owns the first load
             try:
                 if await run_in_threadpool(self.reload):
-                    log.info("polling: swapped in %s", fingerprint_of(self.current))
+                    log.info(
+                        "polling: swapped in %s", self.current.fingerprint if self.current else None
+                    )
             except ModelLoadError:
                 pass  # logged, counted, old model kept; try again next time
             except Exception:
@@ -209,7 +181,7 @@ class ModelHolder:
         """Tell the other workers to reload (they re-resolve the URI themselves)."""
         if self.signal_file is None:
             return
-        with self._lock:
+        with self._signal_lock:
             generation = self._read_generation() + 1
             tmp = self.signal_file.with_suffix(f".{os.getpid()}")
             tmp.write_text(str(generation))

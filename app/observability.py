@@ -27,6 +27,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -58,13 +60,17 @@ LATENCY_BUCKETS = (
     30.0,
 )
 PROBABILITY_BUCKETS = (*(round(0.1 * i, 1) for i in range(1, 10)), 1.0)
+_BIN_LABELS = tuple(f"{edge:g}" for edge in (*PROBABILITY_BUCKETS, float("inf")))
+_PROBABILITY = "prediction_probability"
 
 
 class Metrics:
     """The service's Prometheus metrics, on their own registry (one per app)."""
 
-    def __init__(self) -> None:
-        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        """``multiprocess_dir``: Prometheus' shared folder when several workers serve (then the
+        library itself reads ``PROMETHEUS_MULTIPROC_DIR``, which ``python -m app`` sets)."""
+        self.multiprocess = bool(multiprocess_dir)
         # In multiprocess mode values live in files; the registry only serves single-process use.
         self.registry = CollectorRegistry(auto_describe=True)
         kw: dict[str, Any] = {"registry": None if self.multiprocess else self.registry}
@@ -82,9 +88,13 @@ class Metrics:
             **kw,
         )
         self.rows = Counter("rows_scored_total", "Rows scored", **kw)
-        self.probabilities = Histogram(
-            "prediction_probability", "Predicted P(target = 1)", buckets=PROBABILITY_BUCKETS, **kw
+        # Predicted probabilities arrive thousands at a time; a Histogram takes them one by one.
+        # So rows are counted per bin (one step per bin) and ``render`` publishes these counters
+        # as the histogram ``prediction_probability``, through public API only.
+        self.probability_bins = Counter(
+            f"{_PROBABILITY}_bin", "Predicted probabilities by bin (upper edge)", ["le"], **kw
         )
+        self.probability_sum = Counter(f"{_PROBABILITY}_raw_sum", "Sum of probabilities", **kw)
         self.in_progress = Gauge(
             "invocations_in_progress",
             "Scoring requests in progress",
@@ -110,30 +120,26 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess:
-            registry = CollectorRegistry()
-            prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry), CONTENT_TYPE_LATEST
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+            source = CollectorRegistry()
+            prom_multiprocess.MultiProcessCollector(source)  # type: ignore[no-untyped-call]
+        else:
+            source = self.registry
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_BinsAsHistogram(source))
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def observe_predictions(self, values: np.ndarray) -> None:
-        """Add a batch to the probability histogram in one step per bucket, not per value."""
+        """Count a batch of probabilities into the histogram: one step per bin, not per value."""
         values = values[np.isfinite(values)] if values.ndim == 1 else values.ravel()
         if values.size == 0:
             return
         self.rows.inc(values.size)
-        hist = self.probabilities
-        buckets = getattr(hist, "_buckets", None)
-        total = getattr(hist, "_sum", None)
-        if buckets is None or total is None or values.size < 16:
-            for v in values.tolist():
-                hist.observe(v)
-            return
         edges = np.array((*PROBABILITY_BUCKETS, np.inf))
         counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges))
-        for bucket, count in zip(buckets, counts[: len(buckets)], strict=False):
+        for label, count in zip(_BIN_LABELS, counts.tolist(), strict=False):
             if count:
-                bucket.inc(int(count))
-        total.inc(float(values.sum()))
+                self.probability_bins.labels(label).inc(count)
+        self.probability_sum.inc(float(values.sum()))
 
     def model_loaded(
         self,
@@ -149,10 +155,39 @@ class Metrics:
         self.loads.inc()
 
 
-def mark_worker_dead() -> None:
+class _BinsAsHistogram(Collector):
+    """Everything ``source`` collects, with the probability bin counters as one histogram."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Any:
+        bins: dict[str, float] = {}
+        total = 0.0
+        for family in self.source.collect():
+            if family.name == f"{_PROBABILITY}_bin":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        le = sample.labels["le"]
+                        bins[le] = bins.get(le, 0.0) + sample.value
+            elif family.name == f"{_PROBABILITY}_raw_sum":
+                total += sum(s.value for s in family.samples if s.name.endswith("_total"))
+            else:
+                yield family
+        cumulative, buckets = 0.0, []
+        for label in _BIN_LABELS:
+            cumulative += bins.get(label, 0.0)
+            buckets.append(("+Inf" if label == "inf" else label, cumulative))
+        hist: Metric = HistogramMetricFamily(
+            _PROBABILITY, "Predicted P(target = 1)", buckets=buckets, sum_value=total
+        )
+        yield hist
+
+
+def mark_worker_dead(multiprocess_dir: str | None) -> None:
     """On worker exit: drop its live gauges from the shared figures."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        prom_multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+    if multiprocess_dir:
+        prom_multiprocess.mark_process_dead(os.getpid(), multiprocess_dir)  # type: ignore[no-untyped-call]
 
 
 class RequestContext:

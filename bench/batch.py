@@ -1,4 +1,4 @@
-"""Rows per second of batch scoring (``app.batch`` on a 2-worker LocalCluster) beside one process
+"""Rows per second of batch scoring (``batch`` on a 2-worker LocalCluster) beside one process
 calling ``Booster.predict`` on the same rows already in memory.
 
     .venv/bin/python bench/batch.py [--rows 1000000] [--files 10] [--trees 200]
@@ -41,7 +41,8 @@ def main() -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from app.batch import dask_client, score_files
+    from batch.cluster import dask_client
+    from batch.job import score_files
     from training.train import default_params, model_signature
 
     rng = np.random.default_rng(0)
@@ -89,7 +90,7 @@ def main() -> int:
     worst = float(np.max(np.abs(out["probability"].to_numpy() - reference[order])))
     cores = os.cpu_count()
     print(
-        f"batch scoring (app.batch, {args.workers} workers x 1 thread, {args.files} Parquet "
+        f"batch scoring (python -m batch, {args.workers} workers x 1 thread, {args.files} Parquet "
         f"files in, Parquet out): {summary.rows:,} rows in {batch:.1f}s = "
         f"{summary.rows / batch:,.0f} rows/s"
     )

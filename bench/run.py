@@ -245,7 +245,7 @@ def predictions(response: Any) -> np.ndarray:
 
 def floor(booster: Any, x: np.ndarray, cache: Path, repeats: int) -> dict[str, Any]:
     """In-process scoring of the same rows: LightGBM (one thread, all threads) and lleaves."""
-    from app.compiled import compile_booster
+    from scoring.compiled import compile_booster
 
     cores = os.cpu_count() or 1
     out: dict[str, Any] = {"cores": cores}

@@ -37,8 +37,8 @@ from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.pandas_dataset import from_pandas
 from sklearn.metrics import roc_auc_score
 
-from app.batch import dask_client
-from app.tracking import configure_tracking, ensure_experiment
+from batch.cluster import dask_client
+from scoring.tracking import configure_tracking, ensure_experiment
 from training.data import FEATURES, ID, TARGET, check_frame, synthesize
 from training.promote import promote
 from training.train import (

@@ -41,7 +41,7 @@ from mlflow.types import ColSpec, DataType, Schema, TensorSpec
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from app.tracking import configure_tracking, ensure_experiment
+from scoring.tracking import configure_tracking, ensure_experiment
 from training.data import (
     FEATURES,
     ID,

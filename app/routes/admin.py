@@ -5,18 +5,16 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import ModelLoadError, ReloadFailed, Unauthorized
-from app.model_holder import ModelHolder
+from app.deps import HolderDep, SettingsDep
 from app.schemas import ErrorBody
+from scoring.errors import ModelLoadError, ReloadFailed, Unauthorized
 
-router = APIRouter(prefix="/admin")
 
-
-def _authorize(request: Request) -> None:
-    token = request.app.state.settings.admin_token
+def _authorize(request: Request, settings: SettingsDep) -> None:
+    token = settings.admin_token
     given = request.headers.get("authorization", "")
     scheme, _, credential = given.partition(" ")
     expected = token.get_secret_value().encode() if token else b""
@@ -25,15 +23,16 @@ def _authorize(request: Request) -> None:
         raise Unauthorized("a valid 'Authorization: Bearer <ADMIN_TOKEN>' header is required")
 
 
+router = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(_authorize)])
+
+
 @router.post(
     "/reload",
     responses={401: {"model": ErrorBody}, 502: {"model": ErrorBody}},
     summary="Re-resolve MODEL_URI and swap in the new model",
 )
-async def reload(request: Request, force: bool = False) -> dict[str, Any]:
+async def reload(holder: HolderDep, force: bool = False) -> dict[str, Any]:
     """Re-resolve MODEL_URI; load and swap atomically if it moved (or ``force``)."""
-    _authorize(request)
-    holder: ModelHolder = request.app.state.holder
     try:
         swapped = await run_in_threadpool(holder.reload, force)
     except ModelLoadError as exc:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from app.deps import HolderDep
 from app.model_holder import ModelHolder
 from app.schemas import ErrorBody, Ready, Versions
 
-router = APIRouter()
+router = APIRouter(tags=["health"])
 
 
 def _version(package: str) -> str:
@@ -21,8 +22,7 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-def _ready(request: Request) -> JSONResponse:
-    holder: ModelHolder = request.app.state.holder
+def _ready(holder: ModelHolder) -> JSONResponse:
     if holder.current is not None:
         return JSONResponse({"status": "ready", "reason": None, "model_uri": holder.current.uri})
     body = {"status": "not ready", "reason": holder.not_ready_reason(), "model_uri": holder.uri}
@@ -30,18 +30,17 @@ def _ready(request: Request) -> JSONResponse:
 
 
 @router.get("/ping", response_class=PlainTextResponse, responses={503: {"model": ErrorBody}})
-def ping(request: Request) -> PlainTextResponse:
+def ping(holder: HolderDep) -> PlainTextResponse:
     """200 once the model is loaded (as MLflow's server)."""
-    holder: ModelHolder = request.app.state.holder
     if holder.current is None:
         return PlainTextResponse("\n", status_code=503)
     return PlainTextResponse("\n")
 
 
 @router.get("/health", response_model=Ready, responses={503: {"model": Ready}})
-def health(request: Request) -> JSONResponse:
+def health(holder: HolderDep) -> JSONResponse:
     """200 once the model is loaded (as MLflow's server), else 503 with the reason."""
-    return _ready(request)
+    return _ready(holder)
 
 
 @router.get("/health/live")
@@ -51,9 +50,9 @@ def live() -> dict[str, str]:
 
 
 @router.get("/health/ready", response_model=Ready, responses={503: {"model": Ready}})
-def ready(request: Request) -> JSONResponse:
+def ready(holder: HolderDep) -> JSONResponse:
     """200 when a model is loaded and requests can be scored; 503 with the reason otherwise."""
-    return _ready(request)
+    return _ready(holder)
 
 
 @router.get("/version", response_model=Versions)

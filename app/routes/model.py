@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from app.model_holder import ModelHolder
+from app.deps import HolderDep
 from app.schemas import ErrorBody, ModelCard
 
-router = APIRouter()
+router = APIRouter(tags=["model"])
 
 
 @router.get("/model", response_model=ModelCard, responses={503: {"model": ErrorBody}})
-def model_card(request: Request) -> dict[str, Any]:
+def model_card(holder: HolderDep) -> dict[str, Any]:
     """Model URI, run, registered name/version/alias, flavor, features, metrics and params."""
-    holder: ModelHolder = request.app.state.holder
     return {**holder.require().describe(), **holder.status()}

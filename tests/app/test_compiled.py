@@ -9,15 +9,15 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from app.compiled import TOLERANCE, compile_booster, probe_rows
-from app.predictor import BoosterPredictor
+from scoring.compiled import TOLERANCE, compile_booster, probe_rows
+from scoring.predictors import BoosterPredictor
 from tests.helpers import FEATURES, make_frame
 
 
 @pytest.fixture(autouse=True)
 def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts as a process that has compiled no forest yet."""
-    monkeypatch.setattr("app.compiled._forests_in_process", 0)
+    monkeypatch.setattr("scoring.compiled._forests_in_process", 0)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_compiled_code_is_cached_between_starts(
 ) -> None:
     first, note = compile_booster(booster, tmp_path)
     assert first is not None and not first.from_cache, note
-    monkeypatch.setattr("app.compiled._forests_in_process", 0)  # as a new process would
+    monkeypatch.setattr("scoring.compiled._forests_in_process", 0)  # as a new process would
     again, note = compile_booster(booster, tmp_path)
     assert again is not None and again.from_cache, note
 
@@ -64,7 +64,7 @@ def test_probe_rows_cover_the_split_thresholds(booster: lgb.Booster) -> None:
 def test_a_failed_check_falls_back_to_lightgbm(
     booster: lgb.Booster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.compiled.TOLERANCE", -1.0)  # nothing can pass
+    monkeypatch.setattr("scoring.compiled.TOLERANCE", -1.0)  # nothing can pass
     forest, note = compile_booster(booster, tmp_path)
     assert forest is None and "using LightGBM" in note
     predictor = BoosterPredictor(booster, tuple(FEATURES), compiled=True, cache_dir=str(tmp_path))

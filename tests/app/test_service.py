@@ -12,8 +12,9 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
-from app.config import Settings, normalize_model_uri
+from app.config import Settings
 from app.main import create_app
+from scoring.model_ref import normalize_model_uri
 from tests.conftest import LoggedModel
 from tests.helpers import PROJECT_DIR, PYTHON, server_process
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client
 
-from app.batch import BadRows, BatchError, score_files
+from batch.job import BadRows, BatchError, score_files
 from tests.batch.conftest import Scored
 from tests.conftest import LoggedModel
 from tests.helpers import PROJECT_DIR
@@ -192,7 +192,7 @@ def test_command_line_on_its_own_local_cluster(
 ) -> None:
     _write_inputs(scored_rows.frame, tmp_path / "in")
     command = [
-        sys.executable, "-m", "app.batch", "--model-uri", booster_model.model_uri,
+        sys.executable, "-m", "batch", "--model-uri", booster_model.model_uri,
         "--input", str(tmp_path / "in" / "*.parquet"), "--input", str(tmp_path / "in" / "*.csv"),
         "--output", str(tmp_path / "out"), "--workers", "2",
     ]  # fmt: skip

@@ -131,7 +131,7 @@ def test_scoring_time_limit_answers_504(
             return loaded_holder.require().predictor.predict(x, threads)
 
     holder = ModelHolder("memory")
-    from app.predictor import LoadedModel
+    from scoring.loading import LoadedModel
 
     holder.current = LoadedModel(predictor=Slow(), uri="memory")
     from app.config import Settings

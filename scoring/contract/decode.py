@@ -9,7 +9,7 @@ Accepted (``Content-Type`` decides; parameters such as ``charset`` are ignored):
 * ``application/vnd.apache.parquet`` and ``application/vnd.apache.arrow.stream``.
 
 ``null``/NaN and empty CSV cells are missing values. Every other problem raises an
-``app.errors`` error naming the column or row at fault.
+``scoring.errors`` error naming the column or row at fault.
 
 Large split bodies take a fast path (simdjson straight into a float buffer) that either yields
 exactly what the precise path would or declines, and the precise path then finds the fault.
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.errors import (
+from scoring.errors import (
     BadRequest,
     DuplicateColumns,
     DuplicateKeys,
@@ -408,15 +408,31 @@ def _fast_split(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarr
 # --- CSV, Parquet, Arrow -----------------------------------------------------------------
 
 
+def csv_header(line: bytes) -> list[str]:
+    """The column names of a CSV header line (quotes and spaces around names dropped)."""
+    return [h.strip().strip('"') for h in line.decode("utf-8", errors="replace").strip().split(",")]
+
+
+def is_numeric(arrow_type: Any) -> bool:
+    """Whether an Arrow column of this type holds numbers (or only nulls) to score as float64."""
+    import pyarrow as pa
+
+    t = arrow_type
+    return bool(
+        pa.types.is_floating(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_null(t)
+        or pa.types.is_decimal(t)
+    )
+
+
 def parse_csv(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     if not body.strip():
         raise BadRequest("the request body is empty; send CSV with a header row")
-    header = body.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
-    names = [h.strip().strip('"') for h in header.split(",")]
-    check_columns(names, features)
+    check_columns(csv_header(body.split(b"\n", 1)[0]), features)
     try:
         table = pcsv.read_csv(
             pa.py_buffer(body),
@@ -472,12 +488,7 @@ def from_table(table: Any, features: Sequence[str], max_rows: int) -> np.ndarray
     for j, name in enumerate(features):
         col = table.column(position[name])
         t = col.type
-        if not (
-            pa.types.is_floating(t)
-            or pa.types.is_integer(t)
-            or pa.types.is_null(t)
-            or pa.types.is_decimal(t)
-        ):
+        if not is_numeric(t):
             kind = "text" if pa.types.is_string(t) or pa.types.is_large_string(t) else str(t)
             row = _first_bad_row(col)
             at = f" (first at row {row})" if row is not None else ""

@@ -1,0 +1,55 @@
+"""Admission to scoring: a bounded number of scoring requests in progress per worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from app.observability import Metrics
+from scoring.errors import Overloaded
+
+
+class Slot:
+    """One place among the scoring requests in progress; given back when its work ends."""
+
+    def __init__(self, owner: InFlight) -> None:
+        self._owner = owner
+        self._handed_over = False
+
+    def release_when_done(self, work: asyncio.Future[Any]) -> None:
+        """Keep the slot until ``work`` ends, even if the client was answered (504) before."""
+        self._handed_over = True
+        work.add_done_callback(lambda _: self._owner.leave())
+
+
+class InFlight:
+    """Counts scoring work in progress, including work whose client was already answered 504."""
+
+    def __init__(self, limit: int, metrics: Metrics) -> None:
+        self.limit = limit
+        self.count = 0
+        self.metrics = metrics
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[Slot]:
+        """A slot for one request, or ``Overloaded`` (503 + Retry-After) when all are taken.
+
+        Released when the block ends, on every path, unless handed over to background work.
+        """
+        if self.count >= self.limit:
+            self.metrics.shed.inc()
+            raise Overloaded(f"{self.count} requests in progress; retry shortly")
+        self.count += 1
+        self.metrics.in_progress.inc()
+        slot = Slot(self)
+        try:
+            yield slot
+        finally:
+            if not slot._handed_over:
+                self.leave()
+
+    def leave(self) -> None:
+        self.count -= 1
+        self.metrics.in_progress.dec()

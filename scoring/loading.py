@@ -1,0 +1,178 @@
+"""Load a model from any MLflow model URI into a ready ``Predictor``, with what is known of it.
+
+Settings come in as arguments (``LoadOptions``); nothing here reads the environment except
+MLflow's own ``MLFLOW_TRACKING_URI`` (see ``scoring.tracking``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scoring.errors import ModelLoadError
+from scoring.features import features_from_signature
+from scoring.model_ref import ModelRef, describe_cause, registry_version
+from scoring.predictors import BoosterPredictor, Predictor, PyfuncPredictor
+from scoring.tracking import configure_tracking
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to build the predictor of a LightGBM model."""
+
+    compiled: bool = True
+    """Score with trees compiled by lleaves where they match LightGBM to 1e-9."""
+    cache_dir: str | None = None
+    """Where compiled object code is kept between starts (None: under the temp dir)."""
+    background: bool = False
+    """Serve with LightGBM at once and switch to the compiled trees when they are ready."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve, and what ``/model`` tells about it."""
+
+    predictor: Predictor
+    uri: str
+    run_id: str | None = None
+    registered_name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    model_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+
+    @property
+    def fingerprint(self) -> str | None:
+        """``name/version:run`` for a registered model (what polling compares), else ``None``."""
+        if self.registered_name is None:
+            return None
+        return f"{self.registered_name}/{self.version}:{self.run_id}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_uri": self.uri,
+            "run_id": self.run_id,
+            "model_id": self.model_id,
+            "registered_name": self.registered_name,
+            "version": self.version,
+            "alias": self.alias,
+            "flavor": self.predictor.flavor,
+            "backend": getattr(self.predictor, "backend", self.predictor.flavor),
+            "backend_note": getattr(self.predictor, "backend_note", None),
+            "features": list(self.predictor.features),
+            "metrics": self.metrics,
+            "params": self.params,
+            "loaded_at": self.loaded_at,
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+
+def _registry_facts(ref: ModelRef, loaded: LoadedModel) -> None:
+    """Fill in run id, registered name/version/alias and logged-model id where the URI tells."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    loaded.run_id = ref.run_id
+    if ref.model_id is not None:
+        loaded.model_id = ref.model_id
+        loaded.run_id = client.get_logged_model(ref.model_id).source_run_id
+    pinned = registry_version(ref, client)
+    if pinned is not None:
+        loaded.registered_name, loaded.version = pinned.name, pinned.version
+        loaded.run_id, loaded.model_id, loaded.alias = pinned.run_id, pinned.model_id, ref.alias
+    if loaded.run_id:
+        data = client.get_run(loaded.run_id).data
+        loaded.metrics = {k: float(v) for k, v in data.metrics.items()}
+        loaded.params = dict(data.params)
+
+
+def build_predictor(local: Path, options: LoadOptions, uri: str = "?") -> Predictor:
+    """The predictor of the MLflow model in the folder ``local``.
+
+    Raises:
+        ModelLoadError: no MLmodel there, or an unusable signature.
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    if not (local / "MLmodel").is_file():
+        raise ModelLoadError(uri, "no MLflow model there (no MLmodel file)")
+    mlmodel = Model.load(str(local))
+    features = features_from_signature(mlmodel.signature, uri)
+    if "lightgbm" in mlmodel.flavors:
+        native = mlflow.lightgbm.load_model(str(local))
+        booster = getattr(native, "booster_", native)
+        return BoosterPredictor(
+            booster, features, options.compiled, options.cache_dir, options.background
+        )
+    return PyfuncPredictor(mlflow.pyfunc.load_model(str(local)), features)
+
+
+def load_model(uri: str, options: LoadOptions | None = None) -> LoadedModel:
+    """Resolve ``uri`` against the tracking store in force, download it and build a predictor.
+
+    Raises:
+        ModelLoadError: one line naming the URI and the cause (unknown run or version, an
+            unreachable tracking server, a run without a model, an unusable model).
+    """
+    import mlflow
+
+    options = options or LoadOptions()
+    configure_tracking()
+    started = time.perf_counter()
+    try:
+        ref = ModelRef.parse(uri)
+        with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            predictor = build_predictor(local, options, uri)
+        loaded = LoadedModel(predictor=predictor, uri=uri)
+        _registry_facts(ref, loaded)
+    except ModelLoadError as exc:
+        raise ModelLoadError(uri, exc.cause) from None
+    except Exception as exc:
+        log.debug("loading %s failed", uri, exc_info=True)
+        raise ModelLoadError(uri, describe_cause(exc)) from None
+    loaded.load_seconds = time.perf_counter() - started
+    return loaded
+
+
+def model_info(uri: str) -> Any:
+    """MLflow's ``ModelInfo`` (flavors, signature) without downloading the model itself.
+
+    Raises:
+        ModelLoadError: as ``load_model``.
+    """
+    import mlflow
+
+    configure_tracking()
+    try:
+        return mlflow.models.get_model_info(uri)
+    except Exception as exc:
+        raise ModelLoadError(uri, describe_cause(exc)) from None
+
+
+def check_model(uri: str) -> str:
+    """Cheap pre-flight: resolve ``uri`` and read its MLmodel. Returns the flavor names.
+
+    Raises:
+        ModelLoadError: as ``load_model``.
+    """
+    return ", ".join(sorted(model_info(uri).flavors))
+
+
+def model_features(uri: str) -> tuple[str, ...]:
+    """The model's input columns from its signature (checked numeric), without loading it.
+
+    Raises:
+        ModelLoadError: as ``load_model``, or a non-numeric input column.
+    """
+    return features_from_signature(model_info(uri).signature, uri)

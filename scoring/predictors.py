@@ -1,0 +1,126 @@
+"""Predictors: score a float64 matrix with a model. Know nothing of HTTP, MLflow stores or Dask.
+
+A LightGBM model (a ``Booster`` or an ``LGBMClassifier`` from the ``lightgbm`` flavor) is scored
+through its native booster, which gives P(target = 1) for a binary objective, or through its trees
+compiled by lleaves where they match it. Any other pyfunc flavor falls back to ``mlflow.pyfunc``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Protocol
+
+import numpy as np
+
+from scoring.compiled import CompiledForest, compile_booster
+
+log = logging.getLogger(__name__)
+
+
+class Predictor(Protocol):
+    """What the service needs of a model: its feature order and a scoring function."""
+
+    features: tuple[str, ...]
+    flavor: str
+
+    def predict(self, x: np.ndarray, threads: int) -> np.ndarray:
+        """Score a float64 matrix whose columns are in ``features`` order."""
+        ...
+
+
+class BoosterPredictor:
+    """Scores through a LightGBM ``Booster``: probabilities for a binary objective.
+
+    With ``compiled=True`` the trees are compiled by lleaves (``scoring.compiled``) and that code
+    scores instead, but only if it matched ``Booster.predict`` to 1e-9 on probe rows at load
+    time; otherwise, or without lleaves, LightGBM scores. ``backend`` says which.
+    """
+
+    flavor = "lightgbm"
+
+    def __init__(
+        self,
+        booster: Any,
+        features: tuple[str, ...],
+        compiled: bool = False,
+        cache_dir: str | None = None,
+        background: bool = False,
+    ) -> None:
+        self.booster = booster
+        booster_names = list(booster.feature_name())
+        if len(booster_names) != len(features):
+            raise ValueError(
+                f"the model has {len(booster_names)} features, its signature {len(features)}"
+            )
+        # A booster trained on a named frame knows its own order; follow it if the signature's
+        # order differs, so columns can never be silently swapped.
+        self._order: np.ndarray | None = None
+        if set(booster_names) == set(features) and booster_names != list(features):
+            index = {name: i for i, name in enumerate(features)}
+            self._order = np.array([index[n] for n in booster_names])
+        self.features = features
+        self.objective = str(booster.params.get("objective", "")) or _objective_of(booster)
+        self.backend = "lightgbm"
+        self.backend_note = "LightGBM Booster.predict (compiled predictor off)"
+        self._compiled: CompiledForest | None = None
+        self.compiling: threading.Thread | None = None
+        if compiled and background:
+            # Compiling a big forest takes minutes: serve with LightGBM meanwhile, switch after.
+            self.backend_note = "LightGBM Booster.predict while lleaves compiles in the background"
+            self.compiling = threading.Thread(
+                target=self._compile, args=(cache_dir,), name="lleaves-compile", daemon=True
+            )
+            self.compiling.start()
+        elif compiled:
+            self._compile(cache_dir)
+
+    def _compile(self, cache_dir: str | None) -> None:
+        compiled, note = compile_booster(self.booster, cache_dir)
+        if compiled is not None:
+            self.backend = compiled.backend
+            self._compiled = compiled  # one assignment: requests switch over atomically
+        self.backend_note = note
+        log.info("scoring backend: %s", note)
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Wait for a background compilation; whether the compiled forest now scores."""
+        if self.compiling is not None:
+            self.compiling.join(timeout)
+        return self._compiled is not None
+
+    def predict(self, x: np.ndarray, threads: int) -> np.ndarray:
+        if self._order is not None:
+            x = np.ascontiguousarray(x[:, self._order])
+        compiled = self._compiled
+        if compiled is not None:
+            return compiled.predict(x, threads)
+        out = self.booster.predict(x, num_threads=threads)
+        return np.asarray(out, dtype=np.float64)
+
+
+class PyfuncPredictor:
+    """Any other MLflow flavor, through ``mlflow.pyfunc`` (a DataFrame in, an array out)."""
+
+    flavor = "python_function"
+    backend = "mlflow.pyfunc"
+
+    def __init__(self, model: Any, features: tuple[str, ...]) -> None:
+        self.model = model
+        self.features = features
+
+    def predict(self, x: np.ndarray, threads: int) -> np.ndarray:
+        import pandas as pd
+
+        out = self.model.predict(pd.DataFrame(x, columns=list(self.features)))
+        if hasattr(out, "to_numpy"):
+            out = out.to_numpy()
+        out = np.asarray(out, dtype=np.float64)
+        return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out
+
+
+def _objective_of(booster: Any) -> str:
+    for line in booster.model_to_string(num_iteration=0).splitlines()[:20]:
+        if line.startswith("objective="):
+            return str(line.split("=", 1)[1])
+    return ""
