@@ -98,7 +98,10 @@ def test_kserve_containers_are_valid_kubernetes_containers(tmp_path: Path) -> No
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "servingruntime-check"},
-        "spec": {"containers": RUNTIME["spec"]["containers"], "volumes": RUNTIME["spec"]["volumes"]},
+        "spec": {
+            "containers": RUNTIME["spec"]["containers"],
+            "volumes": RUNTIME["spec"]["volumes"],
+        },
     }
     path = tmp_path / "pod.yaml"
     path.write_text(yaml.safe_dump(pod))
