@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-9
 PROBE_ROWS = 1024
 ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
-COMPILE_TIMEOUT_S = 3600.0  # the 1000-tree benchmark forest takes about a minute on two cores
+COMPILE_TIMEOUT_S = 3600.0  # the 1000-tree benchmark forest: about two minutes on two busy cores
 # Bumped whenever the object code changes shape (here: entry symbol named after the key), so an
 # object left in the cache by an older build is never loaded under a symbol it lacks.
 _CACHE_FORMAT = "2"
@@ -114,7 +114,7 @@ def compile_booster(
         target = directory / f"{key}.o"
         with _locked(directory / f"{key}.lock"):
             from_cache = target.is_file() and target.stat().st_size > 0
-            model = _compile(lleaves, text, directory, target, from_cache, entry_symbol(key))
+            model = _compile(lleaves, text, directory, target, from_cache)
     except Exception as exc:  # any failure of an optional accelerator means: use LightGBM
         log.warning("lleaves could not compile the model: %s", exc, exc_info=True)
         return None, f"lleaves failed to compile the model ({type(exc).__name__}); using LightGBM"
@@ -176,9 +176,8 @@ def entry_symbol(key: str) -> str:
     return f"forest_{key}"
 
 
-def _compile(
-    lleaves: Any, text: str, directory: Path, target: Path, from_cache: bool, symbol: str
-) -> Any:
+def _compile(lleaves: Any, text: str, directory: Path, target: Path, from_cache: bool) -> Any:
+    symbol = entry_symbol(target.stem)  # the cache key
     with tempfile.TemporaryDirectory(dir=directory, prefix="build-") as tmp:
         model_file = Path(tmp) / "model.txt"
         model_file.write_text(text)
@@ -265,5 +264,7 @@ def _collect(node: dict[str, Any], thresholds: list[list[float]]) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        sys.exit(f"usage: python -m {__spec__.name if __spec__ else 'compiled'} MODEL_TXT OUT_O SYMBOL")
+        sys.exit(
+            f"usage: python -m {__spec__.name if __spec__ else 'compiled'} MODEL_TXT OUT_O SYMBOL"
+        )
     _compile_object(*sys.argv[1:])
