@@ -8,6 +8,14 @@ disk under a key of the model text, the lleaves and llvmlite versions and the ho
 is built for this CPU's instruction set and never reused on another), and a file lock makes
 the workers of one server compile once between them.
 
+The compiling itself runs in a child process (``python -m scoring.compiled``) that writes the object
+code to the cache and exits; the serving process only loads that object. LLVM keeps much of what
+it allocates while compiling (hundreds of MB for the benchmark forest) until its process exits,
+so a server that compiled in-process carried that for its whole life. Each forest's entry point
+is named after its cache key, and each loaded forest has its own LLVM execution engine, so any
+number of forests can live in one process (one per model swap) and each is freed with its
+``CompiledForest``.
+
 Nothing compiled is trusted blindly: before use, its output is compared with ``Booster.predict``
 on probe rows built from the model's own split thresholds (exactly at, just below and just above
 each, plus missing, zero and out-of-range values), and any difference above ``TOLERANCE`` (or
@@ -23,6 +31,8 @@ import hashlib
 import importlib
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,7 +47,10 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-9
 PROBE_ROWS = 1024
 ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
-_forests_in_process = 0
+COMPILE_TIMEOUT_S = 3600.0  # the 1000-tree benchmark forest: about two minutes on two busy cores
+# Bumped whenever the object code changes shape (here: entry symbol named after the key), so an
+# object left in the cache by an older build is never loaded under a symbol it lacks.
+_CACHE_FORMAT = "2"
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "santander-serving-lleaves"
 
 
@@ -84,14 +97,6 @@ def compile_booster(
     Returns:
         The compiled forest (or ``None`` when it cannot be used) and one line saying why.
     """
-    global _forests_in_process  # noqa: PLW0603
-    if _forests_in_process >= 1:
-        # A second forest compiled into the same process was seen to answer with the first one's
-        # trees after a model swap (the probe check had passed), so only one per process.
-        return None, (
-            "LightGBM Booster.predict: this process already runs a compiled forest; "
-            "restart it to compile this model"
-        )
     try:
         # Optional: a missing compiler only means LightGBM scores.
         lleaves = importlib.import_module("lleaves")
@@ -129,7 +134,6 @@ def compile_booster(
             "using LightGBM"
         )
     forest.max_abs_diff = diff
-    _forests_in_process += 1
     return forest, forest.describe()
 
 
@@ -149,7 +153,7 @@ def _cache_key(text: str, lleaves_ver: str, llvmlite_ver: str, llvm: Any) -> str
     except RuntimeError:
         features = ""
     digest = hashlib.sha256()
-    for part in (text, lleaves_ver, llvmlite_ver, llvm.get_process_triple()):
+    for part in (_CACHE_FORMAT, text, lleaves_ver, llvmlite_ver, llvm.get_process_triple()):
         digest.update(part.encode())
         digest.update(b"\0")
     digest.update(llvm.get_host_cpu_name().encode() + b"\0" + features.encode())
@@ -167,19 +171,46 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def entry_symbol(key: str) -> str:
+    """The forest's entry point in its object code: one name per model, never two alike."""
+    return f"forest_{key}"
+
+
 def _compile(lleaves: Any, text: str, directory: Path, target: Path, from_cache: bool) -> Any:
+    symbol = entry_symbol(target.stem)  # the cache key
     with tempfile.TemporaryDirectory(dir=directory, prefix="build-") as tmp:
         model_file = Path(tmp) / "model.txt"
         model_file.write_text(text)
-        model = lleaves.Model(model_file=str(model_file))
-        if from_cache:
-            model.compile(cache=str(target))
-        else:
-            # lleaves writes the object file as it compiles; publish it only once complete.
+        if not from_cache:
+            # The object file is written by a child; publish it only once complete.
             partial = Path(tmp) / "model.o"
-            model.compile(cache=str(partial))
+            _compile_in_child(model_file, partial, symbol)
             os.replace(partial, target)
+        model = lleaves.Model(model_file=str(model_file))
+        # With an existing cache file lleaves loads that object code and compiles nothing.
+        model.compile(cache=str(target), froot_func_name=symbol)
+    # lleaves takes the entry's address without checking it: an object without this symbol
+    # would give address 0 and crash the first call instead of failing here.
+    if not model._execution_engine.get_function_address(symbol):
+        raise RuntimeError(f"{target.name} has no entry point {symbol}")
     return model
+
+
+def _compile_in_child(model_file: Path, out: Path, symbol: str) -> None:
+    """Run ``python -m`` this module to compile ``model_file`` into object code at ``out``."""
+    command = [sys.executable, "-m", __name__, str(model_file), str(out), symbol]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
+    )
+    if done.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"the compiler process exited with {done.returncode}: {tail}")
+
+
+def _compile_object(model_file: str, out: str, symbol: str) -> None:
+    """In the child: compile with lleaves, which writes the object code to ``out``."""
+    lleaves = importlib.import_module("lleaves")
+    lleaves.Model(model_file=model_file).compile(cache=out, froot_func_name=symbol)
 
 
 def probe_rows(booster: Any, n: int = PROBE_ROWS, seed: int = 0) -> np.ndarray:
@@ -229,3 +260,11 @@ def _collect(node: dict[str, Any], thresholds: list[list[float]]) -> None:
                 with contextlib.suppress(ValueError):
                     thresholds[feature].append(float(part))
         stack.extend(current[k] for k in ("left_child", "right_child") if k in current)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(
+            f"usage: python -m {__spec__.name if __spec__ else 'compiled'} MODEL_TXT OUT_O SYMBOL"
+        )
+    _compile_object(*sys.argv[1:])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import lightgbm as lgb
@@ -11,13 +14,7 @@ import pytest
 
 from scoring.compiled import TOLERANCE, compile_booster, probe_rows
 from scoring.predictors import BoosterPredictor
-from tests.helpers import FEATURES, make_frame
-
-
-@pytest.fixture(autouse=True)
-def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts as a process that has compiled no forest yet."""
-    monkeypatch.setattr("scoring.compiled._forests_in_process", 0)
+from tests.helpers import FEATURES, PROJECT_DIR, make_frame
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +37,162 @@ def test_compiled_trees_match_lightgbm(booster: lgb.Booster, tmp_path: Path) -> 
     x[6, 4] = 1e-40  # LightGBM reads this as zero
     got = forest.predict(np.ascontiguousarray(x), threads=2)
     np.testing.assert_allclose(got, booster.predict(x), rtol=0, atol=TOLERANCE)
-    # One compiled forest per process: a second one (a reloaded model) is scored by LightGBM.
-    second, note = compile_booster(booster, tmp_path)
-    assert second is None and "already runs a compiled forest" in note
 
 
-def test_compiled_code_is_cached_between_starts(
-    booster: lgb.Booster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_compiled_code_is_cached_between_starts(booster: lgb.Booster, tmp_path: Path) -> None:
     first, note = compile_booster(booster, tmp_path)
     assert first is not None and not first.from_cache, note
-    monkeypatch.setattr("scoring.compiled._forests_in_process", 0)  # as a new process would
     again, note = compile_booster(booster, tmp_path)
     assert again is not None and again.from_cache, note
+
+
+def _other_booster(seed: int, rounds: int) -> lgb.Booster:
+    x, y = make_frame(600, seed=seed)
+    return lgb.train(
+        {"objective": "binary", "num_leaves": 7, "verbose": -1, "seed": seed},
+        lgb.Dataset(x, y),
+        num_boost_round=rounds,
+    )
+
+
+@pytest.mark.parametrize("cache", ["cold", "warm"])
+def test_each_forest_of_one_process_answers_with_its_own_trees(
+    booster: lgb.Booster, tmp_path: Path, cache: str
+) -> None:
+    """A model swap compiles a second forest into the serving process; both stay right."""
+    second_booster = _other_booster(31, 25)
+    if cache == "warm":  # both objects already on disk, as after a restart
+        for b in (booster, second_booster):
+            assert compile_booster(b, tmp_path)[0] is not None
+    x = np.ascontiguousarray(make_frame(200, seed=32)[0].to_numpy())
+    assert np.max(np.abs(booster.predict(x) - second_booster.predict(x))) > 0.1  # they differ
+
+    first, note = compile_booster(booster, tmp_path)
+    assert first is not None, note
+    second, note = compile_booster(second_booster, tmp_path)
+    assert second is not None, note
+    assert first.from_cache == second.from_cache == (cache == "warm")
+    np.testing.assert_allclose(second.predict(x, 2), second_booster.predict(x), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(first.predict(x, 2), booster.predict(x), rtol=0, atol=1e-9)
+
+
+def test_the_serving_process_only_loads_object_code(
+    booster: lgb.Booster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold cache is filled by a child process: LLVM never compiles in this one."""
+    import lleaves.lleaves
+
+    def no_compiling_here(*args: object, **kwargs: object) -> None:
+        raise AssertionError("compiled in the serving process")
+
+    monkeypatch.setattr(lleaves.lleaves.compiler, "compile_to_module", no_compiling_here)
+    forest, note = compile_booster(booster, tmp_path)
+    assert forest is not None and not forest.from_cache, note
+    assert len(list(tmp_path.glob("*.o"))) == 1
+
+
+def test_a_compiler_process_that_fails_leaves_lightgbm_and_no_object(
+    booster: lgb.Booster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("scoring.compiled.COMPILE_TIMEOUT_S", 0.01)  # killed before it can finish
+    forest, note = compile_booster(booster, tmp_path)
+    assert forest is None and "TimeoutExpired" in note and "using LightGBM" in note
+    assert not list(tmp_path.glob("*.o")) and not list(tmp_path.glob("build-*"))
+    monkeypatch.undo()
+    forest, note = compile_booster(booster, tmp_path)  # the next try compiles
+    assert forest is not None and not forest.from_cache, note
+
+
+def test_an_object_without_this_models_entry_point_is_refused(
+    booster: lgb.Booster, tmp_path: Path
+) -> None:
+    """An object under the right key but another entry symbol must fail, not crash on call."""
+    import lleaves
+
+    forest, note = compile_booster(booster, tmp_path)
+    assert forest is not None, note
+    (target,) = tmp_path.glob("*.o")
+    model_file = tmp_path / "model.txt"
+    booster.save_model(str(model_file))
+    target.unlink()
+    lleaves.Model(model_file=str(model_file)).compile(cache=str(target))  # "forest_root"
+    forest, note = compile_booster(booster, tmp_path)
+    assert forest is None and "failed to compile" in note, note
+
+
+def _run_python(code: str, *args: str, timeout: float = 300) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+_WORKER = """
+    import sys
+    import lightgbm as lgb
+    from scoring.compiled import compile_booster
+    booster = lgb.Booster(model_file=sys.argv[1])
+    forest, note = compile_booster(booster, sys.argv[2])
+    assert forest is not None, note
+    print("cache" if forest.from_cache else "compiled")
+"""
+
+
+def test_workers_compile_a_model_once_between_them(booster: lgb.Booster, tmp_path: Path) -> None:
+    model_file = tmp_path / "model.txt"
+    booster.save_model(str(model_file))
+    cache = tmp_path / "cache"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(_WORKER), str(model_file), str(cache)],
+            cwd=PROJECT_DIR,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    answers = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+        answers.append(out.strip())
+    assert sorted(answers) == ["cache", "cache", "compiled"]
+
+
+_SWAPS = """
+    import gc, sys, tempfile
+    import lightgbm as lgb
+    import numpy as np
+    import psutil
+    from scoring.compiled import compile_booster
+    base = lgb.Booster(model_file=sys.argv[1])
+    rows = np.random.default_rng(0).normal(size=(100, base.num_feature()))
+    rss = []
+    with tempfile.TemporaryDirectory() as cache:
+        for i in range(10):  # ten swaps, each to a forest never compiled before
+            booster = lgb.Booster(model_str=base.model_to_string(num_iteration=40 - i))
+            forest, note = compile_booster(booster, cache)
+            assert forest is not None and not forest.from_cache, note
+            assert np.max(np.abs(forest.predict(rows, 1) - booster.predict(rows))) <= 1e-9
+            del forest, booster
+            gc.collect()
+            rss.append(psutil.Process().memory_info().rss)
+    print(rss[0], rss[-1])
+"""
+
+
+def test_ten_swaps_release_the_previous_forests(booster: lgb.Booster, tmp_path: Path) -> None:
+    model_file = tmp_path / "model.txt"
+    booster.save_model(str(model_file))
+    first, last = map(int, _run_python(_SWAPS, str(model_file)).split())
+    assert last <= 1.2 * first, (first, last)
 
 
 def test_probe_rows_cover_the_split_thresholds(booster: lgb.Booster) -> None:
