@@ -17,7 +17,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,8 +25,9 @@ from app.config import Settings, get_settings
 from app.model_holder import ModelHolder
 from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
 from app.routes import admin, health, invocations, model
-from scoring.contract.models import REQUEST_MODELS
+from scoring.contract.models import contract_for, invocations_openapi
 from scoring.errors import ServiceError
+from scoring.features import SANTANDER_FEATURES
 from scoring.loading import LoadedModel, load_model
 from scoring.predictors import Predictor
 
@@ -131,7 +131,7 @@ def create_app(
         )
     app.add_middleware(RequestContext, metrics=metrics)
     _install_error_handlers(app)
-    _install_openapi(app)
+    _install_openapi(app, holder)
     return app
 
 
@@ -195,21 +195,77 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
-def _install_openapi(app: FastAPI) -> None:
-    """Publish the request models that /invocations parses by hand under components/schemas."""
+OPENAPI_TAGS = [
+    {"name": "scoring", "description": "Score rows: P(target = 1) for each"},
+    {"name": "health", "description": "Liveness, readiness, versions"},
+    {"name": "model", "description": "What is being served"},
+    {"name": "operations", "description": "Metrics and administration"},
+]
+
+
+def _describe(model: LoadedModel | None, features: tuple[str, ...]) -> str:
+    """The page's description: what is served, and how to send rows, with a worked example."""
+    if model is None:
+        served = "No model is loaded yet (see `/health/ready`)."
+    else:
+        name = (
+            f"registered model **{model.registered_name}** version **{model.version}**"
+            + (f" (alias `@{model.alias}`)" if model.alias else "")
+            if model.registered_name
+            else f"model `{model.uri}`"
+        )
+        served = f"Serving {name}, run `{model.run_id or '-'}`, from `{model.uri}`."
+    head = ",".join(features[:3])
+    return f"""{served}
+
+`POST /invocations` takes {len(features)} features `{features[0]}`..`{features[-1]}` and answers
+`{{"predictions": [...]}}`: P(target = 1) per row, in input order. Send one of:
+
+| Content-Type | body |
+| --- | --- |
+| `application/json` | pandas `to_json(orient="split")`, or MLflow's `dataframe_split`, \
+`dataframe_records`, `instances`, `inputs` (examples in the request body below) |
+| `text/csv` | a header row, then rows: `{head},...` |
+| `application/vnd.apache.parquet` | a Parquet file, e.g. `df.to_parquet()` |
+| `application/vnd.apache.arrow.stream` | an Arrow IPC stream |
+
+`null` and `NaN` are missing values. Mistakes get a 4xx JSON body `{{"error_code", "message"}}`
+naming the column or row at fault. From Python:
+
+```python
+import requests
+requests.post(URL + "/invocations", data=df.to_json(orient="split"),
+              headers={{"Content-Type": "application/json"}}).json()
+```
+"""
+
+
+def _install_openapi(app: FastAPI, holder: ModelHolder) -> None:
+    """Publish the contract of the model being served: its request models under
+    components/schemas, its features in the examples, its name in the description."""
+    cache: dict[tuple[object, ...], dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
+        model = holder.current
+        features = tuple(model.predictor.features) if model else SANTANDER_FEATURES
+        key = (features, model.uri if model else None, model.fingerprint if model else None)
+        if key in cache:
+            return cache[key]
         schema = get_openapi(
-            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=_describe(model, features),
+            routes=app.routes,
+            tags=OPENAPI_TAGS,
         )
-        _, defs = models_json_schema(
-            [(m, "validation") for m in REQUEST_MODELS],
-            ref_template="#/components/schemas/{model}",
-        )
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
-        app.openapi_schema = schema
+        post = schema.get("paths", {}).get("/invocations", {}).get("post")
+        if post is not None:
+            post["requestBody"] = invocations_openapi(features)["requestBody"]
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(contract_for(features).components())
+        cache.clear()
+        cache[key] = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from scoring.errors import ModelLoadError
@@ -34,7 +35,7 @@ def features_from_signature(signature: Any, uri: str = "?") -> tuple[str, ...]:
     return tuple(str(n) for n in signature.inputs.input_names())
 
 
-def feature_range(features: tuple[str, ...] | list[str]) -> str:
+def feature_range(features: Sequence[str]) -> str:
     """``var_0..var_199``: a short way to name a feature list in messages and docs."""
     if len(features) > 2:
         return f"{features[0]}..{features[-1]}"

@@ -55,7 +55,18 @@ def ready(holder: HolderDep) -> JSONResponse:
     return _ready(holder)
 
 
-@router.get("/version", response_model=Versions)
+@router.get(
+    "/version",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"example": "3.17.0"}}}},
+)
+def mlflow_version() -> PlainTextResponse:
+    """The MLflow version, as plain text (what ``mlflow models serve`` answers, and MLflow's
+    ``ScoringServerClient.get_version()`` reads)."""
+    return PlainTextResponse(_version("mlflow"))
+
+
+@router.get("/versions", response_model=Versions)
 def versions() -> Versions:
     """Service, MLflow, LightGBM and Python versions."""
     return Versions(

@@ -1,18 +1,16 @@
-"""Turn each accepted body format into one validated float64 matrix in the model's column order.
+"""Turn each accepted body into one validated float64 matrix in the model's column order.
 
-Accepted (``Content-Type`` decides; parameters such as ``charset`` are ignored):
+The contract is ``scoring.contract.models`` (JSON bodies: pydantic validates them straight from
+the bytes) and ``scoring.contract.media`` (content types). CSV, Parquet and Arrow bodies go
+through the same column checks (``column_problem``) and the same value rules.
 
-* ``application/json``: pandas' ``to_json(orient="split")`` body ``{"columns", "index", "data"}``,
-  and MLflow's scoring protocol: ``{"dataframe_split": ...}``, ``{"dataframe_records": [...]}``,
-  ``{"instances": ...}``, ``{"inputs": ...}`` (records, a dict of columns, or rows in model order);
-* ``text/csv`` with a header row;
-* ``application/vnd.apache.parquet`` and ``application/vnd.apache.arrow.stream``.
-
-``null``/NaN and empty CSV cells are missing values. Every other problem raises an
-``scoring.errors`` error naming the column or row at fault.
+``null``, ``NaN`` tokens and empty CSV cells are missing values; an infinity (``Infinity``, or a
+number beyond a double) is ``INVALID_VALUE`` naming its row and column. Every other problem raises
+a ``scoring.errors`` error naming the column or row at fault, never quoting the payload.
 
 Large split bodies take a fast path (simdjson straight into a float buffer) that either yields
-exactly what the precise path would or declines, and the precise path then finds the fault.
+exactly what the contract's path would or declines, and the contract's path then decides;
+``tests/scoring/test_contract.py`` runs one table of cases through both and through HTTP.
 """
 
 from __future__ import annotations
@@ -20,12 +18,15 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import orjson
+from pydantic import BaseModel, ValidationError
 
+from scoring.contract.media import MediaType, parse_media_type
+from scoring.contract.models import ENVELOPE, PROTOCOL_KEYS, column_problem, contract_for
 from scoring.errors import (
     BadRequest,
     DuplicateColumns,
@@ -35,102 +36,152 @@ from scoring.errors import (
     InvalidValue,
     MissingColumns,
     RowLengthMismatch,
+    ServiceError,
     TooManyRows,
     UnknownColumns,
-    UnsupportedMediaType,
     name_list,
     quote_name,
 )
 
-JSON_TYPES = {"application/json", "text/json"}
-CSV_TYPES = {"text/csv", "application/csv"}
-PARQUET_TYPES = {"application/vnd.apache.parquet", "application/x-parquet"}
-ARROW_TYPES = {"application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file"}
-ACCEPTED = JSON_TYPES | CSV_TYPES | PARQUET_TYPES | ARROW_TYPES
-SUPPORTED = (
-    "application/json, text/csv, application/vnd.apache.parquet, "
-    "application/vnd.apache.arrow.stream"
-)
 CSV_NULLS = ["", "null", "NaN", "nan", "NA"]  # CSV cells read as missing values
 FAST_PATH_BYTES = 32 * 1024
 SPLIT_KEYS = {"columns", "index", "data"}
 
 _local = threading.local()
-
-
-def media_type(content_type: str | None) -> str:
-    """The bare media type of a ``Content-Type`` header, lower-cased."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
+_CODES: dict[str, type[ServiceError]] = {
+    cls.error_code: cls
+    for cls in (
+        InvalidInput,
+        MissingColumns,
+        UnknownColumns,
+        DuplicateColumns,
+        RowLengthMismatch,
+        InvalidValue,
+        EmptyInput,
+    )
+}
+_KINDS = {bool: "a boolean", str: "a string", list: "a list", dict: "an object", int: "an integer"}
 
 
 def parse_body(
-    body: bytes, content_type: str | None, features: Sequence[str], max_rows: int
+    body: bytes,
+    content_type: str | None,
+    features: Sequence[str],
+    max_rows: int,
+    fast_path: bool | None = None,
 ) -> np.ndarray:
     """Parse and validate a request body into an ``(n, len(features))`` float64 matrix.
+
+    ``fast_path``: None tries it on big JSON bodies; True on any JSON body, False never (tests).
 
     Raises:
         ServiceError: a subclass naming what is wrong.
     """
-    kind = check_media_type(content_type)
-    if kind in JSON_TYPES or kind.endswith("+json"):
-        return parse_json(body, features, max_rows)
-    if kind in CSV_TYPES:
+    media = parse_media_type(content_type)
+    if media.is_json:
+        return parse_json(body, features, max_rows, media, fast_path)
+    if media.is_csv:
         return parse_csv(body, features, max_rows)
-    return parse_arrow(body, kind in PARQUET_TYPES, features, max_rows)
+    return parse_arrow(body, media.is_parquet, features, max_rows)
 
 
-def check_media_type(content_type: str | None) -> str:
-    """The bare media type if this service reads it; ``UnsupportedMediaType`` otherwise."""
-    kind = media_type(content_type)
-    if kind in ACCEPTED or kind.endswith("+json"):
-        return kind
-    if not kind:
-        raise UnsupportedMediaType(f"no Content-Type given; send one of: {SUPPORTED}")
-    raise UnsupportedMediaType(f"Content-Type {quote_name(kind)} is not supported; use {SUPPORTED}")
+def check_media_type(content_type: str | None) -> MediaType:
+    """The media type if this service reads it; ``UnsupportedMediaType`` (415) otherwise."""
+    return parse_media_type(content_type)
 
 
 # --- JSON ------------------------------------------------------------------------------------
 
 
-def parse_json(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarray:
+def parse_json(
+    body: bytes,
+    features: Sequence[str],
+    max_rows: int,
+    media: MediaType | None = None,
+    fast_path: bool | None = None,
+) -> np.ndarray:
+    """A JSON body, validated by the contract's pydantic models (or the proven fast path)."""
     if not body.strip():
         raise BadRequest("the request body is empty; send a JSON object")
-    if len(body) >= FAST_PATH_BYTES:
+    records_only = media is not None and media.json_format == "pandas-records"
+    try_fast = len(body) >= FAST_PATH_BYTES if fast_path is None else fast_path
+    if try_fast and not records_only:
         fast = _fast_split(body, features, max_rows)
         if fast is not None:
             return fast
+    return validate_json(body, tuple(features), max_rows, records_only=records_only)
+
+
+def validate_json(
+    body: bytes, features: tuple[str, ...], max_rows: int, records_only: bool = False
+) -> np.ndarray:
+    """The contract's path: pydantic validates the bytes, then one matrix is built."""
+    contract = contract_for(features)
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {_json_error(exc)}") from None
-    if not isinstance(doc, dict):
-        raise BadRequest(
-            'the JSON body must be an object: {"columns": [...], "data": [[...]]} '
-            'or MLflow\'s {"dataframe_split" | "dataframe_records" | "instances" | "inputs"}'
-        )
-    if _may_repeat_keys(body, doc):
-        _refuse_repeated_keys(body)
-    return from_document(doc, features, max_rows)
+        if records_only:
+            parsed: Any = contract.records.validate_json(body)
+        else:
+            parsed = contract.body.validate_json(body)
+    except ValidationError as exc:
+        _refuse_repeated_keys(body, None)  # a key given twice explains most shape errors
+        raise to_service_error(exc, body, features) from None
+    columns: Sequence[str] = features
+    if records_only:
+        x, what = _records_matrix(parsed, features, max_rows), "record"
+    else:
+        x, columns, what = _matrix(parsed, features, max_rows)
+    _refuse_repeated_keys(body, parsed)
+    check_finite(x, columns, what)
+    return align(x, columns, features)
 
 
-def _may_repeat_keys(body: bytes, doc: dict[str, Any]) -> bool:
-    """Cheap look for a key given twice (a JSON parser silently keeps the last one).
+def _matrix(
+    parsed: BaseModel, features: tuple[str, ...], max_rows: int
+) -> tuple[np.ndarray, Sequence[str], str]:
+    """The float matrix of a validated body, its column order and what its rows are called."""
+    key = next((k for k in PROTOCOL_KEYS if k in type(parsed).model_fields), None)
+    if key is None or key == "dataframe_split":
+        frame: Any = parsed if key is None else parsed.dataframe_split  # type: ignore[attr-defined]
+        check_row_count(len(frame.data), max_rows)
+        return np.array(frame.data, dtype=np.float64), frame.columns, "row"
+    value = getattr(parsed, key)
+    if isinstance(value, dict):  # an object of columns
+        check_row_count(len(next(iter(value.values()))), max_rows)
+        columns = list(value)
+        return np.array(list(value.values()), dtype=np.float64).T.copy(), columns, "row"
+    if value and isinstance(value[0], BaseModel):
+        return _records_matrix(value, features, max_rows), features, "record"
+    check_row_count(len(value), max_rows)
+    return np.array(value, dtype=np.float64), features, "row"
 
-    Records carry a key per value, so dict-shaped bodies are always checked (they take the
-    slow path anyway); split bodies only when one of their few keys appears twice in the bytes.
+
+def _records_matrix(records: list[Any], features: tuple[str, ...], max_rows: int) -> np.ndarray:
+    check_row_count(len(records), max_rows)
+    return np.array([[getattr(r, f) for f in features] for r in records], dtype=np.float64)
+
+
+def _refuse_repeated_keys(body: bytes, parsed: Any) -> None:
+    """A key given twice in one object (a JSON parser silently keeps the last one): 400.
+
+    Records and objects of columns carry a key per value, so those bodies are always read again
+    (and so is any body that failed validation: ``parsed`` None); split bodies only when one of
+    their few keys appears twice in the bytes.
     """
-    inner = doc.get("dataframe_split")
-    keys = list(doc) + (list(inner) if isinstance(inner, dict) else [])
-    for key in ("dataframe_records", "instances", "inputs"):
-        value = doc.get(key)
-        if isinstance(value, dict) or (
-            isinstance(value, list) and value and isinstance(value[0], dict)
-        ):
-            return True
-    return any(body.count(orjson.dumps(k)) > 1 for k in keys)
+    fields = type(parsed).model_fields if isinstance(parsed, BaseModel) else {}
+    keys = list(fields) + list(SPLIT_KEYS)
+    record_like = (
+        parsed is None
+        or isinstance(parsed, list)
+        or any(
+            isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], BaseModel))
+            for v in (
+                getattr(parsed, k, None) for k in ("dataframe_records", "instances", "inputs")
+            )
+        )
+    )
+    if not record_like and not any(body.count(orjson.dumps(k)) > 1 for k in keys):
+        return
 
-
-def _refuse_repeated_keys(body: bytes) -> None:
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in items:
@@ -139,111 +190,135 @@ def _refuse_repeated_keys(body: bytes) -> None:
             seen.add(key)
         return dict(items)
 
-    json.loads(body, object_pairs_hook=pairs)
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return  # not JSON Python can read: the validation error says what is wrong
 
 
-def _json_error(exc: orjson.JSONDecodeError) -> str:
-    # orjson's message says what and where (line, column, char); it never quotes the body.
-    return str(exc.args[0] if exc.args else exc)[:200]
+# --- pydantic's errors, in this service's error tree -----------------------------------------
 
 
-def from_document(doc: Mapping[str, Any], features: Sequence[str], max_rows: int) -> np.ndarray:
-    """Dispatch a parsed JSON object on its keys (MLflow's scoring protocol, or bare split)."""
-    protocol = [
-        k for k in ("dataframe_split", "dataframe_records", "instances", "inputs") if k in doc
-    ]
-    if len(protocol) > 1:
-        raise InvalidInput(f"give exactly one of {name_list(protocol)}, not several")
-    if protocol:
-        key = protocol[0]
-        extra = set(doc) - {key, "params"}
-        if extra:
-            raise InvalidInput(f"unexpected top-level field(s) {name_list(sorted(extra))}")
-        value = doc[key]
-        if key == "dataframe_split":
-            if not isinstance(value, dict):
-                raise InvalidInput("'dataframe_split' must be an object with 'columns' and 'data'")
-            return from_split(value, features, max_rows)
-        if key == "dataframe_records":
-            return from_records(value, features, max_rows, where="dataframe_records")
-        return from_instances(value, features, max_rows, where=key)
-    if "data" in doc or "columns" in doc:
-        return from_split(doc, features, max_rows)
-    raise InvalidInput(
+def to_service_error(exc: ValidationError, body: bytes, features: Sequence[str]) -> ServiceError:
+    """The first problem pydantic found, as the error a client of this service gets.
+
+    Messages name the field, row and column, never a value. ``body`` is read again only here,
+    on the error path, to name the column of a bad value in a split frame.
+    """
+    errors = exc.errors(include_url=False, include_context=True)
+    first = errors[0]
+    kind, loc = first["type"], _plain_loc(first["loc"])
+    if kind == "json_invalid":
+        return BadRequest(f"malformed JSON: {first['msg'][:200]}")
+    if kind in _CODES:
+        return _CODES[kind](str(first.get("ctx", {}).get("message", first["msg"])))
+    if kind == ENVELOPE:
+        return _envelope_error(first.get("input"), loc)
+    if kind == "missing" and len(loc) >= 2 and isinstance(loc[-2], int):
+        record = loc[-2]
+        missing = [
+            e["loc"][-1]
+            for e in errors
+            if e["type"] == "missing" and _plain_loc(e["loc"])[:-1] == loc[:-1]
+        ]
+        return MissingColumns(f"record {record} lacks column(s) {name_list(missing)}")
+    if kind == "extra_forbidden" and len(loc) >= 2 and isinstance(loc[-2], int):
+        return UnknownColumns(f"record {loc[-2]} has unknown column(s) {quote_name(loc[-1])}")
+    if kind in ("float_type", "float_parsing", "finite_number"):
+        return InvalidValue(
+            f"{_value_at(loc, body, features)}: expected a number or null, "
+            f"got {_KINDS.get(type(first.get('input')), 'something else')}"
+        )
+    if kind in ("too_short", "too_long"):
+        return _length_error(kind, loc, first.get("input"), features)
+    where = _where(loc)
+    if kind == "missing":
+        return InvalidInput(f"{where} is required")
+    if kind == "extra_forbidden":
+        return InvalidInput(f"unexpected field {where}")
+    return InvalidInput(f"{where}: {first['msg']}")
+
+
+_TAGS = {"split", "records", "rows", "columns", *PROTOCOL_KEYS}
+
+
+def _plain_loc(loc: Sequence[int | str]) -> tuple[int | str, ...]:
+    """The location without the union tags pydantic puts in it (the envelope's, the shape's)."""
+    out = list(loc)
+    if out and out[0] in _TAGS:
+        out = out[1:]  # the envelope's tag
+    if len(out) >= 2 and out[0] in ("instances", "inputs") and out[1] in _TAGS:
+        del out[1]  # the shape's tag
+    return tuple(out)
+
+
+def _where(loc: Sequence[int | str]) -> str:
+    if not loc:
+        return "the body"
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    return repr(text[:80])
+
+
+def _envelope_error(value: Any, loc: Sequence[int | str]) -> ServiceError:
+    if loc:  # the shape under instances/inputs
+        return InvalidInput(
+            f"{_where(loc)} must be a list of records, a list of rows, or an object of columns"
+        )
+    if not isinstance(value, dict):
+        return BadRequest(
+            'the JSON body must be an object: {"columns": [...], "data": [[...]]} '
+            'or MLflow\'s {"dataframe_split" | "dataframe_records" | "instances" | "inputs"}'
+        )
+    found = [k for k in PROTOCOL_KEYS if k in value]
+    if len(found) > 1:
+        return InvalidInput(f"give exactly one of {name_list(found)}, not several")
+    return InvalidInput(
         "unrecognized JSON body: expected 'columns' and 'data' (pandas orient='split'), or one "
         "of 'dataframe_split', 'dataframe_records', 'instances', 'inputs'"
     )
 
 
-def from_split(frame: Mapping[str, Any], features: Sequence[str], max_rows: int) -> np.ndarray:
-    extra = set(frame) - SPLIT_KEYS
-    if extra:
-        raise InvalidInput(f"unexpected field(s) {name_list(sorted(extra))} in split frame")
-    if "columns" not in frame:
-        raise InvalidInput("'columns' is required: the feature names, in the order of each row")
-    if "data" not in frame:
-        raise InvalidInput("'data' is required: a list of rows")
-    columns = check_columns(frame["columns"], features)
-    data = frame["data"]
-    if not isinstance(data, list):
-        raise InvalidInput("'data' must be a list of rows")
-    check_row_count(len(data), max_rows)
-    if frame.get("index") is not None and not isinstance(frame["index"], list):
-        raise InvalidInput("'index' must be a list (it is not used for scoring)")
-    for i, row in enumerate(data):
-        if not isinstance(row, list):
-            raise InvalidInput(f"row {i} of 'data' is not a list")
-        if len(row) != len(columns):
-            raise RowLengthMismatch(
-                f"row {i} has {len(row)} values, but there are {len(columns)} columns"
-            )
-    return align(rows_to_matrix(data, columns), columns, features)
+def _value_at(loc: Sequence[int | str], body: bytes, features: Sequence[str]) -> str:
+    """ "row 3, column 'var_7'" for the location of one value."""
+    *path, last = loc
+    if isinstance(last, str) and path and isinstance(path[-1], int):  # a record's field
+        return f"record {path[-1]}, column {quote_name(last)}"
+    if len(path) >= 2 and path[-2] in ("instances", "inputs") and isinstance(path[-1], str):
+        return f"row {last}, column {quote_name(path[-1])}"  # an object of columns
+    if not (isinstance(last, int) and path and isinstance(path[-1], int)):
+        return _where(loc)
+    row, column = path[-1], last
+    names: Sequence[Any] = features
+    if "data" in path:  # a split frame: the column is the frame's own
+        try:
+            doc = orjson.loads(body)
+            frame = doc.get("dataframe_split", doc)
+            names = frame["columns"]
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+            return f"row {row}, column {column}"
+    name = names[column] if 0 <= column < len(names) else column
+    return f"row {row}, column {quote_name(name)}"
 
 
-def from_records(records: Any, features: Sequence[str], max_rows: int, where: str) -> np.ndarray:
-    if not isinstance(records, list):
-        raise InvalidInput(f"'{where}' must be a list of objects, one per row")
-    check_row_count(len(records), max_rows)
-    wanted = set(features)
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise InvalidInput(f"record {i} of '{where}' is not an object")
-        if record.keys() != wanted:
-            unknown = [k for k in record if k not in wanted]
-            if unknown:
-                raise UnknownColumns(f"record {i} has unknown column(s) {name_list(unknown)}")
-            missing = [f for f in features if f not in record]
-            raise MissingColumns(f"record {i} lacks column(s) {name_list(missing)}")
-    rows = [[record[f] for f in features] for record in records]
-    return rows_to_matrix(rows, list(features), what="record")
+def _length_error(
+    kind: str, loc: Sequence[int | str], value: Any, features: Sequence[str]
+) -> ServiceError:
+    if not loc or not isinstance(loc[-1], int):
+        if kind == "too_short":
+            return EmptyInput(f"no rows to score: {_where(loc)} is empty")
+        return InvalidInput(f"{_where(loc)} is too long")
+    got = len(value) if isinstance(value, list) else "a wrong number of"
+    if len(loc) >= 2 and loc[0] in ("instances", "inputs"):
+        return RowLengthMismatch(
+            f"row {loc[-1]} of '{loc[0]}' has {got} values; rows given without column names "
+            f"must have all {len(features)} features in the model's order"
+        )
+    return RowLengthMismatch(
+        f"row {loc[-1]} has {got} values, but there are {len(features)} columns"
+    )
 
 
-def from_instances(value: Any, features: Sequence[str], max_rows: int, where: str) -> np.ndarray:
-    if isinstance(value, dict):
-        columns = check_columns(list(value), features)
-        lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
-        if -1 in lengths:
-            raise InvalidInput(f"each column of '{where}' must be a list of values")
-        if len(lengths) > 1:
-            raise RowLengthMismatch(f"the columns of '{where}' have different lengths")
-        n = lengths.pop() if lengths else 0
-        check_row_count(n, max_rows)
-        rows = [list(r) for r in zip(*value.values(), strict=True)]
-        return align(rows_to_matrix(rows, columns), columns, features)
-    if not isinstance(value, list):
-        raise InvalidInput(f"'{where}' must be a list of records, a list of rows, or an object")
-    if value and all(isinstance(v, dict) for v in value):
-        return from_records(value, features, max_rows, where=where)
-    check_row_count(len(value), max_rows)
-    for i, row in enumerate(value):
-        if not isinstance(row, list):
-            raise InvalidInput(f"entry {i} of '{where}' is neither a row (list) nor a record")
-        if len(row) != len(features):
-            raise RowLengthMismatch(
-                f"row {i} of '{where}' has {len(row)} values; rows given without column names "
-                f"must have all {len(features)} features in the model's order"
-            )
-    return rows_to_matrix(value, list(features))
+# --- shared checks ---------------------------------------------------------------------------
 
 
 def check_row_count(n: int, max_rows: int) -> None:
@@ -257,24 +332,10 @@ def check_columns(columns: Any, features: Sequence[str]) -> list[str]:
     """Column names must be strings, unique, and exactly the model's features (any order)."""
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise InvalidInput("'columns' must be a list of column names (strings)")
-    seen: set[str] = set()
-    dups = [c for c in columns if c in seen or seen.add(c)]  # type: ignore[func-returns-value]
-    if dups:
-        raise DuplicateColumns(f"duplicated column(s) {name_list(dict.fromkeys(dups))}")
-    wanted = set(features)
-    unknown = [c for c in columns if c not in wanted]
-    if unknown:
-        raise UnknownColumns(
-            f"unknown column(s) {name_list(unknown)}; the model takes {_feature_range(features)}"
-        )
-    missing = [f for f in features if f not in seen]
-    if missing:
-        raise MissingColumns(f"missing column(s) {name_list(missing)}")
+    problem = column_problem(columns, features)
+    if problem is not None:
+        raise problem
     return columns
-
-
-def _feature_range(features: Sequence[str]) -> str:
-    return f"{features[0]}..{features[-1]}" if len(features) > 2 else name_list(features)
 
 
 def align(x: np.ndarray, columns: Sequence[str], features: Sequence[str]) -> np.ndarray:
@@ -285,60 +346,14 @@ def align(x: np.ndarray, columns: Sequence[str], features: Sequence[str]) -> np.
     return np.ascontiguousarray(x[:, [position[f] for f in features]])
 
 
-def rows_to_matrix(rows: list[Any], columns: Sequence[str], what: str = "row") -> np.ndarray:
-    """Build a float64 matrix from rows of JSON values, rejecting strings, booleans, infinities."""
-    try:
-        guess = np.array(rows)
-    except (ValueError, OverflowError):
-        guess = None
-    # numpy silently turns booleans mixed with numbers into 1.0/0.0; look before trusting it.
-    if guess is not None and guess.ndim == 2 and guess.dtype.kind in "fi" and not _has_bool(rows):
-        x = guess.astype(np.float64, copy=False)
-        check_finite(x, columns, what)
-        return x
-    _scan_values(rows, columns, what)
-    try:
-        x = np.array(rows, dtype=np.float64)
-    except OverflowError:
-        raise InvalidValue("a value is too large for a 64-bit float") from None
-    check_finite(x, columns, what)
-    return x
-
-
-def _has_bool(rows: list[Any]) -> bool:
-    return any(type(v) is bool for row in rows for v in row)
-
-
-def _scan_values(rows: list[Any], columns: Sequence[str], what: str) -> None:
-    for i, row in enumerate(rows):
-        for j, v in enumerate(row):
-            t = type(v)
-            if t is float or v is None:
-                continue
-            if t is int:
-                if abs(v) > 1.7976931348623157e308:
-                    raise InvalidValue(
-                        f"{what} {i}, column {quote_name(columns[j])}: "
-                        "the number is too large for a 64-bit float"
-                    )
-                continue
-            kind = {bool: "a boolean", str: "a string", list: "a list", dict: "an object"}.get(
-                t, t.__name__
-            )
-            raise InvalidValue(
-                f"{what} {i}, column {quote_name(columns[j])}: expected a number or null, "
-                f"got {kind}"
-            )
-
-
 def check_finite(x: np.ndarray, columns: Sequence[str], what: str = "row") -> None:
     """NaN is a missing value; an infinity is an error naming its row and column."""
     bad = np.isinf(x)
     if bad.any():
         i, j = (int(v) for v in np.argwhere(bad)[0])
         raise InvalidValue(
-            f"{what} {i}, column {quote_name(columns[j])}: infinite value; "
-            "send null for a missing value"
+            f"{what} {i}, column {quote_name(columns[j])}: infinite value (or beyond a 64-bit "
+            "float); send null for a missing value"
         )
 
 
@@ -389,8 +404,10 @@ def _fast_split(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarr
             if not isinstance(index, simdjson.Array):
                 return None
             values = index.as_list()
-            if not all(isinstance(v, int | str) for v in values):
-                return None
+            if len(values) != n or not all(
+                isinstance(v, int | str) and not isinstance(v, bool) for v in values
+            ):
+                return None  # the contract's path names the fault
             brackets += 1 + sum(v.count("[") for v in values if isinstance(v, str))
         if len(keys) != len(set(keys)) or body.count(b"[") != brackets:
             return None  # nested arrays somewhere, or brackets in unexpected places

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -12,7 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
+from scoring.contract import decode
+from scoring.contract.decode import parse_body
 from tests.conftest import LoggedModel
+from tests.contract_cases import ACCEPTED, REFUSED, ROW, split, with_value
 from tests.helpers import FEATURES
 
 JSON = {"content-type": "application/json"}
@@ -100,16 +104,26 @@ def test_missing_values_are_scored_as_lightgbm_does(
 
 
 def test_big_body_takes_the_fast_path_with_same_answer(
-    client: TestClient, booster_model: LoggedModel
+    client: TestClient, booster_model: LoggedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Hundreds of rows (over the fast-path size) must give exactly the native predictions."""
+    """Hundreds of rows (over the fast-path size): the fast path decodes them (seen), and the
+    answer equals the native model's predictions."""
     frame = pd.concat([booster_model.frame.fillna(0.5)] * 8, ignore_index=True)
     body = frame.to_json(orient="split")
     assert len(body) > 64 * 1024
+    taken: list[bool] = []
+    original = decode._fast_split
+
+    def watched(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = original(*args, **kwargs)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(decode, "_fast_split", watched)
     got = predictions(client.post("/invocations", content=body, headers=JSON))
-    native = booster_model.frame.fillna(0.5)
-    np.testing.assert_allclose(got[: len(native)], got[len(native) : 2 * len(native)])
-    assert got.shape == (len(frame),)
+    assert taken == [True]
+    booster = mlflow.lightgbm.load_model(booster_model.model_uri)
+    np.testing.assert_allclose(got, booster.predict(frame.to_numpy()), rtol=0, atol=1e-12)
 
 
 def test_rows_keep_input_order(client: TestClient, booster_model: LoggedModel) -> None:
@@ -145,137 +159,30 @@ def test_classifier_serves_probabilities_not_labels(
 
 
 def _split(data: list[list[object]], columns: list[str] | None = None) -> str:
-    return json.dumps({"columns": columns or FEATURES, "data": data})
+    return split(data, columns)
 
 
-ROW = [0.5] * 200
+BAD = {name: (c.body, c.headers, c.status, c.code, c.fragment) for name, c in REFUSED.items()}
+BAD["too many rows"] = (_split([ROW] * 1001), JSON, 413, "TOO_MANY_ROWS", "1001 rows")
+BAD["body too large"] = (_split([ROW]) + " " * 2_000_001, JSON, 413, "PAYLOAD_TOO_LARGE", "limit")
 
 
-def _with(i: int, value: object) -> list[object]:
-    row: list[object] = list(ROW)
-    row[i] = value
-    return row
-
-
-BAD = {
-    "missing column": (
-        _split([ROW[:199]], FEATURES[:199]),
-        JSON,
-        422,
-        "MISSING_COLUMNS",
-        "'var_199'",
-    ),
-    "unknown column": (
-        _split([[*ROW, 1.0]], [*FEATURES, "var_200"]),
-        JSON,
-        422,
-        "UNKNOWN_COLUMNS",
-        "'var_200'",
-    ),
-    "duplicated column": (
-        _split([[*ROW[:199], 1.0]], [*FEATURES[:199], "var_3"]),
-        JSON,
-        422,
-        "DUPLICATE_COLUMNS",
-        "'var_3'",
-    ),
-    "short row": (_split([ROW, ROW[:150]]), JSON, 422, "ROW_LENGTH_MISMATCH", "row 1"),
-    "string value": (
-        _split([ROW, _with(7, "1.5")]),
-        JSON,
-        422,
-        "INVALID_VALUE",
-        "row 1, column 'var_7'",
-    ),
-    "boolean value": (
-        _split([_with(9, True)]),
-        JSON,
-        422,
-        "INVALID_VALUE",
-        "row 0, column 'var_9'",
-    ),
-    "nested list": (_split([_with(2, [1.0])]), JSON, 422, "INVALID_VALUE", "column 'var_2'"),
-    "infinity (1e999)": (
-        _split([ROW, ROW]).replace("0.5]", "1e999]", 1),
-        JSON,
-        400,
-        "MALFORMED_REQUEST",
-        "infinity",
-    ),
-    "csv infinity": (
-        ",".join(FEATURES) + "\n" + ",".join(["1"] * 199 + ["inf"]) + "\n",
-        {"content-type": "text/csv"},
-        422,
-        "INVALID_VALUE",
-        "row 0, column 'var_199': infinite",
-    ),
-    "NaN literal": (
-        _split([ROW]).replace("0.5", "NaN", 1),
-        JSON,
-        400,
-        "MALFORMED_REQUEST",
-        "malformed JSON",
-    ),
-    "Infinity literal": (
-        _split([ROW]).replace("0.5", "Infinity", 1),
-        JSON,
-        400,
-        "MALFORMED_REQUEST",
-        "malformed JSON",
-    ),
-    "empty data": (_split([]), JSON, 422, "EMPTY_INPUT", "no rows"),
-    "malformed JSON": ('{"columns": ["var_0"', JSON, 400, "MALFORMED_REQUEST", "malformed JSON"),
-    "empty body": ("", JSON, 400, "MALFORMED_REQUEST", "empty"),
-    "JSON array body": ("[[1, 2]]", JSON, 400, "MALFORMED_REQUEST", "must be an object"),
-    "unrecognized keys": ('{"rows": []}', JSON, 422, "INVALID_INPUT", "unrecognized"),
-    "two protocols": ('{"instances": [], "inputs": []}', JSON, 422, "INVALID_INPUT", "exactly one"),
-    "no columns": (json.dumps({"data": [ROW]}), JSON, 422, "INVALID_INPUT", "'columns'"),
-    "unsupported type": (
-        "a=1",
-        {"content-type": "application/x-www-form-urlencoded"},
-        415,
-        "UNSUPPORTED_MEDIA_TYPE",
-        "application/json",
-    ),
-    "no content type": (_split([ROW]), {}, 415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type"),
-    "records missing key": (
-        json.dumps({"dataframe_records": [dict(zip(FEATURES[1:], ROW, strict=False))]}),
-        JSON,
-        422,
-        "MISSING_COLUMNS",
-        "record 0 lacks column(s) 'var_0'",
-    ),
-    "instances wrong length": (
-        json.dumps({"instances": [ROW[:10]]}),
-        JSON,
-        422,
-        "ROW_LENGTH_MISMATCH",
-        "row 0",
-    ),
-    "csv text value": (
-        ",".join(FEATURES) + "\n" + ",".join(["1"] * 199 + ["abc"]) + "\n",
-        {"content-type": "text/csv"},
-        422,
-        "INVALID_VALUE",
-        "'var_199'",
-    ),
-    "csv unknown column": (
-        "a,b\n1,2\n",
-        {"content-type": "text/csv"},
-        422,
-        "UNKNOWN_COLUMNS",
-        "'a'",
-    ),
-    "parquet garbage": (
-        b"PAR1 not really",
-        {"content-type": "application/vnd.apache.parquet"},
-        400,
-        "MALFORMED_REQUEST",
-        "Parquet",
-    ),
-    "too many rows": (_split([ROW] * 1001), JSON, 413, "TOO_MANY_ROWS", "1001 rows"),
-    "body too large": (_split([ROW]) + " " * 2_000_001, JSON, 413, "PAYLOAD_TOO_LARGE", "limit"),
-}
+@pytest.mark.parametrize("name", list(ACCEPTED) + list(REFUSED))
+def test_http_answers_as_the_contract(
+    client: TestClient, booster_model: LoggedModel, name: str
+) -> None:
+    """The shared table through HTTP: same status and code as the contract's own path, and
+    for accepted bodies the model's own predictions of the contract's matrix."""
+    case = {**ACCEPTED, **REFUSED}[name]
+    r = client.post("/invocations", content=case.body, headers=case.headers)
+    assert r.status_code == case.status, r.text[:300]
+    if case.status != 200:
+        assert r.json()["error_code"] == case.code
+        return
+    body = case.body.encode() if isinstance(case.body, str) else case.body
+    x = parse_body(body, case.headers["content-type"], FEATURES, 1000, fast_path=False)
+    booster = mlflow.lightgbm.load_model(booster_model.model_uri)
+    np.testing.assert_allclose(predictions(r), booster.predict(x), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -300,18 +207,19 @@ def test_infinity_in_big_body_is_refused(client: TestClient) -> None:
     assert len(body) > 32 * 1024
     # 1e999 is valid JSON that overflows a double; the fast path must not let it through.
     r = client.post("/invocations", content=body.replace("0.5]]", "1e999]]"), headers=JSON)
-    assert r.status_code == 400 and "infinity" in r.json()["message"]
+    assert r.status_code == 422, r.text
+    assert "row 299, column 'var_199': infinite" in r.json()["message"]
 
 
 def test_big_body_with_null_and_bool_is_checked_precisely(client: TestClient) -> None:
     rows = [ROW] * 300
-    with_null = _split([*rows[:-1], _with(4, None)])
+    with_null = _split([*rows[:-1], with_value(4, None)])
     r = client.post("/invocations", content=with_null, headers=JSON)
     assert r.status_code == 200 and len(r.json()["predictions"]) == 300
-    with_bool = _split([*rows[:-1], _with(4, False)])
+    with_bool = _split([*rows[:-1], with_value(4, False)])
     r = client.post("/invocations", content=with_bool, headers=JSON)
     assert r.status_code == 422 and "row 299, column 'var_4'" in r.json()["message"]
-    nested = _split([*rows[:-1], _with(4, [0.5])])
+    nested = _split([*rows[:-1], with_value(4, [0.5])])
     r = client.post("/invocations", content=nested, headers=JSON)
     assert r.status_code == 422 and "row 299" in r.json()["message"]
 

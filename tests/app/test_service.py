@@ -25,7 +25,9 @@ def test_health_routes(client: TestClient) -> None:
     assert client.get("/health/live").json() == {"status": "live"}
     ready = client.get("/health/ready")
     assert ready.status_code == 200 and ready.json()["model_uri"] == "models:/santander@champion"
-    versions = client.get("/version").json()
+    # As `mlflow models serve`: the MLflow version as plain text.
+    assert client.get("/version").text.startswith("3.17")
+    versions = client.get("/versions").json()
     assert versions["mlflow"].startswith("3.17") and versions["lightgbm"][0].isdigit()
 
 
