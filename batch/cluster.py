@@ -93,6 +93,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 @contextmanager
 def spawn_cluster(
     folder: Path,
+    *,
     workers: int = 2,
     threads: int = 1,
     env: Mapping[str, str] | None = None,
@@ -156,7 +157,7 @@ def spawn_cluster(
                 left = max(deadline - time.monotonic(), 1.0)
                 client.wait_for_workers(workers, timeout=left)
         except (OSError, TimeoutError) as exc:
-            dead = [p.args[1] for p in cluster.processes if p.poll() is not None]
+            dead = [f"pid {p.pid}" for p in cluster.processes if p.poll() is not None]
             raise RuntimeError(
                 f"the Dask cluster did not come up ({type(exc).__name__}: {exc}; exited: {dead})"
                 f"\n{cluster.log_tail()}"

@@ -523,7 +523,9 @@ def _score_piece(piece: Piece, job: Job, model: ModelPackage) -> PieceResult:
         else np.empty(0, dtype=np.float64)
     )
     if rejects:
-        _write(_rejects_table(piece, read, rejects, table), _join(job.output, "rejects", piece.name))
+        _write(
+            _rejects_table(piece, read, rejects, table), _join(job.output, "rejects", piece.name)
+        )
     _write(pa.table({job.id_column: ids, PROBABILITY: pa.array(probabilities, pa.float64())}), out)
     return PieceResult(
         piece.index,

@@ -227,7 +227,9 @@ def package_model(uri: str) -> ModelPackage:
             if "lightgbm" in mlmodel.flavors:
                 native = mlflow.lightgbm.load_model(str(local))
                 booster = getattr(native, "booster_", native)
-                return ModelPackage(uri, features, "lightgbm", booster_text=booster.model_to_string())
+                return ModelPackage(
+                    uri, features, "lightgbm", booster_text=booster.model_to_string()
+                )
             buffer = io.BytesIO()
             with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
                 tar.add(local, arcname="model")

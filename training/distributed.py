@@ -82,7 +82,7 @@ def read_frame(
         source = f"synthetic (training.data.synthesize, rows={n}, seed={settings.seed})"
         tags = {"generator": "training.data.synthesize", "rows": str(n), "seed": str(settings.seed)}
         return frame, source, CodeDatasetSource(tags=tags)
-    dtype = {ID: str, TARGET: "int64", **dict.fromkeys(FEATURES, "f8")}
+    dtype: dict[str, Any] = {ID: str, TARGET: "int64", **dict.fromkeys(FEATURES, "f8")}
     is_url = "://" in str(settings.data) and not str(settings.data).startswith("file://")
     path = str(settings.data) if is_url else str(Path(settings.data).resolve())
     if not (is_url or workers_share_disk):

@@ -31,6 +31,7 @@ from batch.cluster import SpawnedCluster, spawn_cluster
 from batch.job import WorkerFailed, execute, prepare, score_files
 from tests.conftest import LoggedModel
 from tests.helpers import PROJECT_DIR, make_frame
+from training.data import synthesize, write_csv
 from training.promote import CV_METRIC
 from training.train import QUICK, run
 
@@ -102,7 +103,8 @@ def test_command_line_scores_every_row_like_the_model(
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "batch", "--model-uri", "models:/santander@champion",
-        "--input", (tmp_path / "in").as_uri() + "/*.parquet", "--input", str(tmp_path / "in" / "late.csv"),
+        "--input", (tmp_path / "in").as_uri() + "/*.parquet",
+        "--input", str(tmp_path / "in" / "late.csv"),
         "--output", out.as_uri(), "--scheduler", cluster.address,
         "--rows-per-piece", "120", "--csv-block-mb", "1",
     ]  # fmt: skip
@@ -199,11 +201,14 @@ def test_a_pyfunc_model_travels_as_its_files(
 
 @pytest.mark.timeout(600)  # lightgbm.dask on two one-thread workers of a shared machine
 def test_distributed_training_logs_registers_and_serves(
-    cluster: SpawnedCluster, tracking_dir: Path
+    cluster: SpawnedCluster, tracking_dir: Path, tmp_path: Path
 ) -> None:
+    # A CSV on the client's disk only: the client reads it and sends the rows to the workers.
+    csv = write_csv(synthesize(4_000, seed=3), tmp_path / "client-only" / "train.csv")
     settings = replace(
         QUICK,
-        rows=4_000,
+        data=csv,
+        rows=None,
         num_boost_round=40,
         folds=2,
         log_every=0,
@@ -216,6 +221,7 @@ def test_distributed_training_logs_registers_and_serves(
     store = mlflow.MlflowClient()
     data = store.get_run(logged.run_id).data
     assert data.params["dask_scheduler"] == cluster.address
+    assert data.params["rows"] == "4000"
     assert data.params["dask_workers"] == "2"
     assert data.metrics[CV_METRIC] > 0.6
     champion = store.get_model_version_by_alias("dask-cluster", "champion")
