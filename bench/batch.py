@@ -42,7 +42,6 @@ def main() -> int:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     from distributed import Client
 
     from batch.cluster import dask_client, spawn_cluster
