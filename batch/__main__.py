@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from batch.cluster import dask_client
+from batch.cluster import dashboard_link, dask_client
 from batch.job import BatchError, execute, prepare
 from scoring.errors import ModelLoadError
 
@@ -23,9 +23,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model-uri", required=True, help="e.g. models:/santander@champion")
     parser.add_argument(
-        "--input", required=True, action="append", help="file, glob or folder (repeatable)"
+        "--input",
+        required=True,
+        action="append",
+        help="file, glob or folder: a path or an fsspec URL, e.g. s3://bucket/in/*.parquet "
+        "(repeatable)",
     )
-    parser.add_argument("--output", required=True, help="folder for the Parquet parts")
+    parser.add_argument(
+        "--output", required=True, help="folder for the Parquet parts: a path or an fsspec URL"
+    )
     parser.add_argument(
         "--scheduler", default="local", help="tcp://host:8786, or 'local' (default): a LocalCluster"
     )
@@ -40,6 +46,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--csv-block-mb", type=int, default=64)
     parser.add_argument(
         "--predict-threads", type=int, default=1, help="scoring threads per task (default 1)"
+    )
+    parser.add_argument(
+        "--no-compiled",
+        dest="compiled",
+        action="store_false",
+        help="score with LightGBM on the workers, not lleaves-compiled trees",
+    )
+    parser.add_argument(
+        "--compiled-cache-dir",
+        help="where each worker machine keeps compiled trees (default: under its temp dir)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace another job's output")
     parser.add_argument("--no-progress", action="store_true")
@@ -62,15 +78,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows_per_piece=args.rows_per_piece,
             csv_block_bytes=args.csv_block_mb << 20,
             predict_threads=args.predict_threads,
+            compiled=args.compiled,
+            compiled_cache_dir=args.compiled_cache_dir,
             overwrite=args.overwrite,
         )
         print(
-            f"{len(prepared.pieces)} piece(s) to score with {prepared.job.model_uri}",
+            f"{len(prepared.pieces)} piece(s) to score with {prepared.job.model_uri} "
+            f"({prepared.model.flavor}, {prepared.model.nbytes:,} bytes sent once to each worker)",
             file=sys.stderr,
         )
         with dask_client(args.scheduler, args.workers, args.threads_per_worker) as client:
-            if "bokeh" in sys.modules:
-                print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
+            link = dashboard_link(client)
+            print(
+                f"dask: {client.scheduler.address}, {len(client.scheduler_info()['workers'])} "
+                f"worker(s); dashboard: {link or 'none (the scheduler runs without one)'}",
+                file=sys.stderr,
+            )
             summary = execute(client, prepared, progress=not args.no_progress)
     except (BatchError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -81,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{summary.model_uri}; {summary.rejected} rejected; "
         f"{summary.resumed} of {summary.pieces} part(s) kept from an earlier run -> {args.output}"
     )
+    print(f"scoring backend: {summary.describe_backends()}")
     return 0
 
 

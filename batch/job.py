@@ -6,8 +6,21 @@ Dask task reads one piece, checks it with the core's ``scoring.contract.decode.f
 checks behind ``/invocations``), scores it with the core's own predictors (``scoring``) and writes
 one Parquet part ``DIR/part-NNNNN.parquet`` holding the row id next to the probability.
 
+Inputs and output are fsspec URLs (``s3://bucket/in/*.parquet``, ``gs://...``, ``abfs://...``,
+``file:///data/in``, ``memory://...``) or plain paths, so workers on other machines read and
+write the same shared storage; each machine's own credentials for that storage apply.
+
+The model travels with the job, not through a store: the client resolves the URI, pins an alias
+to its version and downloads the model once (``scoring.loading.package_model``); the package (a
+LightGBM model's text, or any other flavor's files as a tar archive, with its feature list) goes
+to every worker once through Dask, and each worker builds its predictor from it once: compiled
+trees (lleaves, checked against LightGBM to 1e-9, object code cached per machine) where the
+compiler is there, LightGBM otherwise. Workers need this package installed and nothing else: no
+``MLFLOW_TRACKING_URI``, and no worker ever opens or creates an MLflow store.
+
 Why it is safe to re-run: a piece's output name depends only on the inputs, each part is written
-to a temporary name and renamed into place, and a part that exists is not scored again. So an
+to a temporary name and renamed into place (on object stores, where there is no rename, in one
+upload: it appears complete or not at all), and a part that exists is not scored again. So an
 interrupted job, run again with the same arguments, finishes the missing parts and duplicates
 nothing. ``DIR/_job.json`` records what the parts were made from (files, sizes, the model
 version an alias pointed to) and a re-run with different inputs or model is refused unless
@@ -20,31 +33,35 @@ stops the job naming its file, row and id (``--bad-rows fail``, the default), or
 and written with its location and reason to ``DIR/rejects/part-NNNNN.parquet``
 (``--bad-rows skip``).
 
-Runs on a new ``LocalCluster`` unless ``--scheduler tcp://host:8786`` names an existing one;
-workers there need this package and ``MLFLOW_TRACKING_URI`` pointing at the same store.
+A worker that cannot do its part (a file it cannot read, storage it cannot write, a model it
+cannot build) stops the job with one line naming the worker, the piece and the cause.
+
+Runs on a new ``LocalCluster`` unless ``--scheduler tcp://host:8786`` names an existing one.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
-import shutil
+import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from scoring.contract.decode import CSV_NULLS, check_columns, csv_header, from_table, is_numeric
 from scoring.errors import InvalidInput, ServiceError, quote_name
-from scoring.loading import load_model, model_features
+from scoring.loading import LoadOptions, ModelPackage, package_model, predictor_from_package
 from scoring.model_ref import pin
 
 log = logging.getLogger(__name__)
@@ -63,6 +80,55 @@ class BatchError(Exception):
 
 class BadRows(BatchError):
     """Rows the service would refuse, under ``--bad-rows fail``."""
+
+
+class WorkerFailed(BatchError):
+    """A worker could not do its part; the message names the worker, the piece and the cause."""
+
+
+# --- storage: fsspec URLs or plain paths ----------------------------------------------------------
+
+
+def _fs(url: str) -> tuple[Any, str]:
+    """The filesystem of ``url`` and the path within it."""
+    return fsspec.core.url_to_fs(url)  # type: ignore[no-any-return]
+
+
+def _is_local(fs: Any) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def _url(fs: Any, path: str) -> str:
+    """What the user would type: a plain path on the local disk, else a URL."""
+    return path if _is_local(fs) else str(fs.unstrip_protocol(path))
+
+
+def _join(url: str, *names: str) -> str:
+    return "/".join([url.rstrip("/"), *names])
+
+
+def _modified(fs: Any, path: str) -> int | None:
+    try:
+        return int(fs.modified(path).timestamp())
+    except (NotImplementedError, AttributeError, OSError, ValueError):
+        return None
+
+
+def _put(fs: Any, path: str, data: bytes) -> None:
+    """Write a whole file so that it exists complete or not at all.
+
+    Local disk: a temporary name, then a rename. Object stores have no rename but an upload
+    lands whole, so it is written directly.
+    """
+    if _is_local(fs):
+        parent, name = os.path.split(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
 
 
 # --- the plan: files -> pieces ----------------------------------------------------------------
@@ -85,6 +151,11 @@ class Piece:
     def name(self) -> str:
         return f"part-{self.index:05d}.parquet"
 
+    def describe(self) -> str:
+        if self.kind == "parquet":
+            return f"{self.path}, row groups {self.start} to {self.stop - 1}"
+        return f"{self.path}, bytes {self.start} to {self.stop}"
+
 
 @dataclass(frozen=True)
 class Job:
@@ -97,6 +168,10 @@ class Job:
     drop_columns: tuple[str, ...] = ()
     bad_rows: str = "fail"
     predict_threads: int = 1
+    compiled: bool = True
+    """Score with lleaves-compiled trees on the workers where they match LightGBM."""
+    compiled_cache_dir: str | None = None
+    """Where each worker machine keeps compiled object code (None: under its temp dir)."""
 
 
 @dataclass
@@ -107,6 +182,8 @@ class PieceResult:
     rejected: int = 0
     skipped: bool = False  # already written by an earlier run
     seconds: float = 0.0
+    worker: str = ""
+    backend: str = ""  # "lleaves", "lightgbm" or "mlflow.pyfunc"
 
 
 @dataclass
@@ -119,30 +196,47 @@ class Summary:
     resumed: int = 0
     seconds: float = 0.0
     model_uri: str = ""
+    backends: dict[str, list[str]] = field(default_factory=dict)
+    """Scoring backend -> the workers that scored with it (pieces scored in this run)."""
     results: list[PieceResult] = field(default_factory=list)
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds else 0.0
 
+    def describe_backends(self) -> str:
+        if not self.backends:
+            return "no piece scored in this run"
+        return "; ".join(
+            f"{backend} on {len(workers)} worker(s)" for backend, workers in self.backends.items()
+        )
+
 
 def expand_inputs(patterns: Sequence[str]) -> list[str]:
-    """Files named by paths, globs or folders (their CSV and Parquet files), sorted, unique."""
+    """Files named by paths, URLs, globs or folders (their CSV and Parquet files), sorted, unique.
+
+    Local files come back as absolute paths, others as URLs (``s3://bucket/key``).
+    """
     found: list[str] = []
     for pattern in patterns:
-        if os.path.isdir(pattern):
-            matches = [
-                str(p)
-                for p in sorted(Path(pattern).rglob("*"))
-                if p.is_file() and p.name.lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)
-            ]
-        else:
-            matches = sorted(glob.glob(pattern, recursive=True)) or (
-                [pattern] if os.path.exists(pattern) else []
-            )
+        try:
+            fs, path = _fs(pattern)
+            if fs.isdir(path):
+                matches = [
+                    p
+                    for p in sorted(fs.find(path))
+                    if p.rsplit("/", 1)[-1].lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)
+                ]
+            elif fsspec.core.has_magic(path):
+                listed = fs.glob(path, detail=True)
+                matches = sorted(p for p, info in listed.items() if info.get("type") == "file")
+            else:
+                matches = [path] if fs.isfile(path) else []
+        except (OSError, ValueError, ImportError) as exc:
+            raise BatchError(f"{pattern}: cannot list it ({type(exc).__name__}: {exc})") from None
         if not matches:
             raise BatchError(f"{pattern}: no such file, and no file matches it")
-        found.extend(os.path.abspath(m) for m in matches)
+        found.extend(_url(fs, m) for m in matches)
     return list(dict.fromkeys(found))
 
 
@@ -176,9 +270,11 @@ def plan(
     pieces: list[Piece] = []
     for path in files:
         kind = file_kind(path)
+        fs, fs_path = _fs(path)
         if kind == "parquet":
             try:
-                meta = pq.ParquetFile(path).metadata
+                with fs.open(fs_path, "rb") as f:
+                    meta = pq.ParquetFile(f).metadata
                 schema = meta.schema.to_arrow_schema()
             except (pa.ArrowException, OSError) as exc:
                 raise BatchError(f"{path}: not a readable Parquet file ({exc})") from None
@@ -199,11 +295,11 @@ def plan(
             if rows or not pieces or pieces[-1].path != path:
                 pieces.append(Piece(len(pieces), path, kind, group, meta.num_row_groups, first))
         else:
-            with open(path, "rb") as f:
+            with fs.open(fs_path, "rb") as f:
                 header_line = f.readline()
             header = tuple(csv_header(header_line))
             check_file_columns(path, header, job)
-            size = os.path.getsize(path)
+            size = int(fs.size(fs_path))
             for start in range(0, max(size, 1), csv_block_bytes):
                 stop = min(start + csv_block_bytes, size)
                 pieces.append(Piece(len(pieces), path, kind, start, stop, header=header))
@@ -212,21 +308,28 @@ def plan(
 
 # --- one piece: read, check, score, write -------------------------------------------------------
 
-_models: dict[str, Any] = {}
-_models_lock = threading.Lock()
+_predictors: OrderedDict[tuple[str, bool, str | None], Any] = OrderedDict()
+_predictors_lock = threading.Lock()
+_KEEP_PREDICTORS = 2  # a long-lived cluster serves job after job: keep the last few models only
 
 
-def _predictor(uri: str) -> Any:
-    """The model, loaded once per worker process (threads of a worker share it)."""
-    with _models_lock:
-        if uri not in _models:
-            _models[uri] = load_model(uri).predictor
-        return _models[uri]
+def _predictor(model: ModelPackage, job: Job) -> Any:
+    """The model's predictor, built once per worker process from the package the client sent
+    (threads of a worker share it; compiling happens here, once)."""
+    key = (model.key, job.compiled, job.compiled_cache_dir)
+    with _predictors_lock:
+        if key not in _predictors:
+            options = LoadOptions(compiled=job.compiled, cache_dir=job.compiled_cache_dir)
+            _predictors[key] = predictor_from_package(model, options)
+            while len(_predictors) > _KEEP_PREDICTORS:
+                _predictors.popitem(last=False)
+        return _predictors[key]
 
 
 def _csv_block(piece: Piece) -> tuple[int, bytes]:
     """The lines that begin in ``[start, stop)``, and the byte offset of the first one."""
-    with open(piece.path, "rb") as f:
+    fs, path = _fs(piece.path)
+    with fs.open(path, "rb") as f:
         if piece.start == 0:
             f.readline()  # the header
         else:
@@ -244,7 +347,8 @@ def _csv_block(piece: Piece) -> tuple[int, bytes]:
 def _lines_before(path: str, offset: int) -> int:
     """Newlines before ``offset`` (only on the error path: it reads the file up to there)."""
     count, left = 0, offset
-    with open(path, "rb") as f:
+    fs, fs_path = _fs(path)
+    with fs.open(fs_path, "rb") as f:
         while left > 0:
             chunk = f.read(min(left, 1 << 24))
             if not chunk:
@@ -267,7 +371,9 @@ def read_piece(piece: Piece, job: Job) -> _Read:
     import pyarrow.parquet as pq
 
     if piece.kind == "parquet":
-        table = pq.ParquetFile(piece.path).read_row_groups(list(range(piece.start, piece.stop)))
+        fs, path = _fs(piece.path)
+        with fs.open(path, "rb") as f:
+            table = pq.ParquetFile(f).read_row_groups(list(range(piece.start, piece.stop)))
         return _Read(table, [], lambda: piece.first_row)
     pos, data = _csv_block(piece)
     malformed: list[tuple[int, str]] = []
@@ -332,23 +438,57 @@ def _coerce_text(table: Any) -> Any:
     return table
 
 
-def _write(table: Any, path: Path) -> None:
-    """Write to a temporary name, then rename: a part that exists is a complete part."""
+def _write(table: Any, url: str) -> None:
+    """Write one Parquet part so that a part that exists is a complete part (see ``_put``)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    fs, path = _fs(url)
+    _put(fs, path, sink.getvalue().to_pybytes())
 
 
-def score_piece(piece: Piece, job: Job) -> PieceResult:
-    """Read, check, score and write one piece; a no-op if its part already exists."""
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return f"{socket.gethostname()} (pid {os.getpid()})"
+
+
+def _cause(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def score_piece(piece: Piece, job: Job, model: ModelPackage) -> PieceResult:
+    """Read, check, score and write one piece; a no-op if its part already exists.
+
+    Raises:
+        BadRows, BatchError: the data is at fault (the message names the file and row).
+        WorkerFailed: anything else; one line naming this worker, the piece and the cause.
+    """
+    try:
+        return _score_piece(piece, job, model)
+    except BatchError:
+        raise
+    except Exception as exc:
+        log.debug("piece %d failed", piece.index, exc_info=True)
+        raise WorkerFailed(
+            f"worker {_worker_name()} could not score piece {piece.index} "
+            f"({piece.describe()}): {_cause(exc)}"
+        ) from None
+
+
+def _score_piece(piece: Piece, job: Job, model: ModelPackage) -> PieceResult:
     import pyarrow as pa
 
     started = time.perf_counter()
-    out = Path(job.output) / piece.name
-    if out.exists():
+    out = _join(job.output, piece.name)
+    fs, out_path = _fs(out)
+    if fs.exists(out_path):
         return PieceResult(piece.index, skipped=True)
     read = read_piece(piece, job)
     table = read.table
@@ -376,14 +516,15 @@ def score_piece(piece: Piece, job: Job) -> PieceResult:
         good = _coerce_text(features.filter(pa.array(keep)))
         ids = ids.filter(pa.array(keep))
         x = from_table(good, job.features, NO_ROW_LIMIT) if good.num_rows else None
+    predictor = _predictor(model, job)
     probabilities = (
-        _predictor(job.model_uri).predict(x, job.predict_threads)
+        predictor.predict(x, job.predict_threads)
         if x is not None
         else np.empty(0, dtype=np.float64)
     )
     if rejects:
         _write(
-            _rejects_table(piece, read, rejects, table), Path(job.output) / "rejects" / piece.name
+            _rejects_table(piece, read, rejects, table), _join(job.output, "rejects", piece.name)
         )
     _write(pa.table({job.id_column: ids, PROBABILITY: pa.array(probabilities, pa.float64())}), out)
     return PieceResult(
@@ -392,6 +533,8 @@ def score_piece(piece: Piece, job: Job) -> PieceResult:
         scored=len(probabilities),
         rejected=len(rejects),
         seconds=time.perf_counter() - started,
+        worker=_worker_name(),
+        backend=str(getattr(predictor, "backend", predictor.flavor)),
     )
 
 
@@ -448,7 +591,10 @@ def _rejects_table(
 
 
 def _manifest(job: Job, files: Sequence[str], pieces: Sequence[Piece]) -> dict[str, Any]:
-    stats = [(f, os.path.getsize(f), int(os.path.getmtime(f))) for f in files]
+    stats = []
+    for f in files:
+        fs, path = _fs(f)
+        stats.append((f, int(fs.size(path)), _modified(fs, path)))
     shape = [(p.path, p.kind, p.start, p.stop) for p in pieces]
     return {
         "model_uri": job.model_uri,
@@ -461,42 +607,97 @@ def _manifest(job: Job, files: Sequence[str], pieces: Sequence[Piece]) -> dict[s
     }
 
 
-def prepare_output(output: Path, manifest: dict[str, Any], overwrite: bool) -> int:
-    """Start or resume a job folder. Returns how many parts an earlier run already wrote."""
-    job_file = output / JOB_FILE
-    if output.exists() and overwrite:
-        shutil.rmtree(output)
-    if job_file.exists():
-        previous = json.loads(job_file.read_text())
+def prepare_output(output: str, manifest: dict[str, Any], overwrite: bool) -> int:
+    """Start or resume a job folder (a path or URL). Returns how many parts an earlier run wrote."""
+    fs, root = _fs(output)
+    job_file = _join(root, JOB_FILE)
+    if overwrite and fs.exists(root):
+        fs.rm(root, recursive=True)
+    if fs.exists(job_file):
+        previous = json.loads(fs.cat_file(job_file))
         if previous != manifest:
             changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
             raise BatchError(
                 f"{output} holds the output of a different job (it differs in: "
                 f"{', '.join(changed)}); pass --overwrite to replace it, or another --output"
             )
-    elif output.exists() and any(output.glob("part-*.parquet")):
+    elif fs.glob(_join(root, "part-*.parquet")):
         raise BatchError(f"{output} holds parts of unknown origin; pass --overwrite or empty it")
-    output.mkdir(parents=True, exist_ok=True)
-    (output / SUCCESS_FILE).unlink(missing_ok=True)
-    job_file.write_text(json.dumps(manifest, indent=2) + "\n")
-    for stale in output.rglob(".part-*.tmp"):
-        stale.unlink()
-    return len(list(output.glob("part-*.parquet")))
+    fs.makedirs(root, exist_ok=True)
+    if fs.exists(_join(root, SUCCESS_FILE)):
+        fs.rm_file(_join(root, SUCCESS_FILE))
+    _put(fs, job_file, (json.dumps(manifest, indent=2) + "\n").encode())
+    if _is_local(fs):  # half-written parts of an interrupted run (object stores have none)
+        for folder in (root, _join(root, "rejects")):
+            for stale in fs.glob(_join(folder, ".part-*.tmp")):
+                fs.rm_file(stale)
+    return len(fs.glob(_join(root, "part-*.parquet")))
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("santander-serving")
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _worker_ready() -> str:
+    """Run on every worker before the job: importing this proves the package is there."""
+    return _package_version()
+
+
+def check_workers(client: Any, timeout: float = 60.0) -> int:
+    """Every worker can run this job's code, in the client's version. Returns how many there are.
+
+    Raises:
+        WorkerFailed: no worker within ``timeout``, or one naming the worker that cannot.
+    """
+    if not client.scheduler_info()["workers"]:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            raise WorkerFailed(
+                f"no Dask worker joined {client.scheduler.address} within {timeout:.0f}s"
+            ) from None
+    mine = _package_version()
+    replies = client.run(_worker_ready, on_error="return")
+    for worker, reply in sorted(replies.items()):
+        if isinstance(reply, BaseException):
+            raise WorkerFailed(
+                f"worker {worker} cannot run the job: {_cause(reply)} (every worker needs this "
+                "package installed, the same version as the client)"
+            )
+        if reply != mine:
+            raise WorkerFailed(
+                f"worker {worker} runs santander-serving {reply}, this client {mine}: "
+                "install the same version everywhere"
+            )
+    return len(replies)
 
 
 def run(
     client: Any,
     job: Job,
     pieces: Sequence[Piece],
+    model: ModelPackage,
     progress: bool = False,
 ) -> Summary:
-    """Score every piece on the cluster behind ``client``; stop at the first failure."""
+    """Score every piece on the cluster behind ``client``; stop at the first failure.
+
+    The model package goes to every worker once (a broadcast), and every task refers to that
+    copy; a worker that joins later fetches it once from a peer.
+    """
     from distributed import as_completed
 
     summary = Summary(files=len({p.path for p in pieces}), pieces=len(pieces))
     summary.model_uri = job.model_uri
     started = time.perf_counter()
-    futures = client.map(score_piece, list(pieces), job=job, pure=False)
+    check_workers(client)
+    shipped = client.scatter(model, broadcast=True, hash=False)
+    futures = client.map(score_piece, list(pieces), job=job, model=shipped, pure=False)
+    piece_of = {f.key: p for f, p in zip(futures, pieces, strict=True)}
     if progress:
         from distributed import progress as show_progress
 
@@ -504,34 +705,55 @@ def run(
         interval = "100ms" if sys.stdout.isatty() else "1s"
         show_progress(futures, notebook=False, interval=interval)  # type: ignore[no-untyped-call]
         print(file=sys.stderr)
+    backends: dict[str, set[str]] = {}
     try:
         for future in as_completed(futures):  # type: ignore[no-untyped-call]
-            result: PieceResult = future.result()  # raises the task's own error
+            try:
+                result: PieceResult = future.result()  # raises the task's own error
+            except BatchError:
+                raise
+            except Exception as exc:  # the worker died, or could not even start the task
+                piece = piece_of[future.key]
+                raise WorkerFailed(
+                    f"piece {piece.index} ({piece.describe()}) failed on the cluster: {_cause(exc)}"
+                ) from None
             summary.results.append(result)
             summary.rows += result.rows
             summary.scored += result.scored
             summary.rejected += result.rejected
             summary.resumed += int(result.skipped)
+            if result.backend:
+                backends.setdefault(result.backend, set()).add(result.worker)
     except BaseException:
         client.cancel(futures)
         raise
+    finally:
+        client.cancel([shipped])
     summary.seconds = time.perf_counter() - started
     summary.results.sort(key=lambda r: r.index)
+    summary.backends = {b: sorted(w) for b, w in sorted(backends.items())}
     return summary
 
 
-def finish(output: Path, summary: Summary) -> None:
+def finish(output: str, summary: Summary) -> None:
     totals = {k: v for k, v in asdict(summary).items() if k != "results"}
-    (output / SUCCESS_FILE).write_text(json.dumps(totals, indent=2) + "\n")
+    fs, root = _fs(output)
+    _put(fs, _join(root, SUCCESS_FILE), (json.dumps(totals, indent=2) + "\n").encode())
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A checked plan, ready for a cluster: the job, its pieces, and its output folder."""
+    """A checked plan, ready for a cluster: the job, its pieces, its output and the model."""
 
     job: Job
     pieces: list[Piece]
-    output: Path
+    output: str
+    model: ModelPackage
+
+
+def _output_url(output: str | Path) -> str:
+    fs, path = _fs(str(output))
+    return _url(fs, path.rstrip("/") or "/")
 
 
 def prepare(
@@ -545,36 +767,42 @@ def prepare(
     rows_per_piece: int = 100_000,
     csv_block_bytes: int = 64 << 20,
     predict_threads: int = 1,
+    compiled: bool = True,
+    compiled_cache_dir: str | None = None,
     overwrite: bool = False,
 ) -> Prepared:
-    """Pin the model, check every file's columns and plan the pieces, before any cluster starts.
+    """Pin and download the model, check every file's columns and plan the pieces, before any
+    cluster starts. This is the only step that talks to the MLflow store.
 
     Raises:
         BatchError: a bad file or a foreign output folder.
-        ModelLoadError: the model URI cannot be resolved.
+        ModelLoadError: the model URI cannot be resolved or downloaded.
     """
     if bad_rows not in ("fail", "skip"):
         raise ValueError(f"bad_rows must be 'fail' or 'skip', not {bad_rows!r}")
     uri = pin(model_uri)
-    out = Path(output).resolve()
+    model = package_model(uri)
+    out = _output_url(output)
     job = Job(
         model_uri=uri,
-        features=model_features(uri),
-        output=str(out),
+        features=model.features,
+        output=out,
         id_column=id_column,
         drop_columns=tuple(drop_columns),
         bad_rows=bad_rows,
         predict_threads=predict_threads,
+        compiled=compiled,
+        compiled_cache_dir=compiled_cache_dir,
     )
     files = expand_inputs(inputs)
     pieces = plan(files, job, rows_per_piece, csv_block_bytes)
     prepare_output(out, _manifest(job, files, pieces), overwrite)
-    return Prepared(job, pieces, out)
+    return Prepared(job, pieces, out, model)
 
 
 def execute(client: Any, prepared: Prepared, progress: bool = False) -> Summary:
     """Score a prepared job on the cluster behind ``client`` and mark it done."""
-    summary = run(client, prepared.job, prepared.pieces, progress)
+    summary = run(client, prepared.job, prepared.pieces, prepared.model, progress)
     summary.files = len({p.path for p in prepared.pieces})
     finish(prepared.output, summary)
     return summary
@@ -586,7 +814,8 @@ def score_files(
     """``prepare`` then ``execute``: score ``inputs`` into ``output`` on ``client``'s cluster.
 
     Raises:
-        BatchError: a bad file, a bad row under ``bad_rows="fail"``, or a foreign output folder.
+        BatchError: a bad file, a bad row under ``bad_rows="fail"``, a foreign output folder, or
+            a worker that could not do its part (``WorkerFailed``).
         ModelLoadError: the model URI cannot be resolved.
     """
     progress = bool(options.pop("progress", False))

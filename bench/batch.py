@@ -1,5 +1,6 @@
-"""Rows per second of batch scoring (``batch`` on a 2-worker LocalCluster) beside one process
-calling ``Booster.predict`` on the same rows already in memory.
+"""Rows per second of batch scoring (``batch`` on a 2-worker LocalCluster, and on a cluster of a
+``dask scheduler`` and 2 ``dask worker`` processes started on their own, without the client's
+MLflow settings) beside one process calling ``Booster.predict`` on the same rows in memory.
 
     .venv/bin/python bench/batch.py [--rows 1000000] [--files 10] [--trees 200]
 
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,8 +42,9 @@ def main() -> int:
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from distributed import Client
 
-    from batch.cluster import dask_client
+    from batch.cluster import dask_client, spawn_cluster
     from batch.job import score_files
     from training.train import default_params, model_signature
 
@@ -76,23 +79,43 @@ def main() -> int:
     reference = booster.predict(x, num_threads=0)
     single = time.perf_counter() - started
 
-    with dask_client("local", args.workers) as client:
-        # Load the model on every worker first: the figure is for scoring, not start-up.
-        score_files(client, uri, [str(tmp / "in-00.parquet")], tmp / "warm", rows_per_piece=50_000)
+    def timed(client: Any, out: Path) -> tuple[Any, float]:
+        # Build the model on every worker first: the figure is for scoring, not start-up.
+        warm = tmp / f"warm-{out.name}"
+        score_files(client, uri, [str(tmp / "in-00.parquet")], warm, rows_per_piece=25_000)
         started = time.perf_counter()
-        summary = score_files(
-            client, uri, [str(tmp / "in-*.parquet")], tmp / "out", rows_per_piece=50_000
-        )
-        batch = time.perf_counter() - started
+        summary = score_files(client, uri, [str(tmp / "in-*.parquet")], out, rows_per_piece=50_000)
+        return summary, time.perf_counter() - started
 
-    out = pd.concat(pd.read_parquet(p) for p in sorted((tmp / "out").glob("part-*.parquet")))
-    order = out["ID_code"].str.slice(5).astype(int).to_numpy()
-    worst = float(np.max(np.abs(out["probability"].to_numpy() - reference[order])))
+    with dask_client("local", args.workers) as client:
+        summary, batch = timed(client, tmp / "out")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    (tmp / "home").mkdir()
+    env["HOME"] = str(tmp / "home")
+    with (
+        spawn_cluster(tmp / "cluster", workers=args.workers, env=env, dashboard=False) as cluster,
+        Client(cluster.address) as client,  # type: ignore[no-untyped-call]
+    ):
+        spawned, spawned_seconds = timed(client, tmp / "out-cluster")
+
+    worst = 0.0
+    for folder in ("out", "out-cluster"):
+        out = pd.concat(pd.read_parquet(p) for p in sorted((tmp / folder).glob("part-*.parquet")))
+        assert len(out) == args.rows
+        order = out["ID_code"].str.slice(5).astype(int).to_numpy()
+        worst = max(worst, float(np.max(np.abs(out["probability"].to_numpy() - reference[order]))))
     cores = os.cpu_count()
     print(
         f"batch scoring (python -m batch, {args.workers} workers x 1 thread, {args.files} Parquet "
         f"files in, Parquet out): {summary.rows:,} rows in {batch:.1f}s = "
-        f"{summary.rows / batch:,.0f} rows/s"
+        f"{summary.rows / batch:,.0f} rows/s ({summary.describe_backends()})"
+    )
+    print(
+        f"batch scoring on a cluster of its own (dask scheduler + {args.workers} dask worker "
+        f"processes x 1 thread, no MLflow settings, the model shipped by the client): "
+        f"{spawned.rows:,} rows in {spawned_seconds:.1f}s = {spawned.rows / spawned_seconds:,.0f} "
+        f"rows/s ({spawned.describe_backends()})"
     )
     print(
         f"one process, Booster.predict (num_threads=0, {cores} cores, rows in memory): "

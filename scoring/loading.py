@@ -6,7 +6,11 @@ MLflow's own ``MLFLOW_TRACKING_URI`` (see ``scoring.tracking``).
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
 import logging
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -176,3 +180,97 @@ def model_features(uri: str) -> tuple[str, ...]:
         ModelLoadError: as ``load_model``, or a non-numeric input column.
     """
     return features_from_signature(model_info(uri).signature, uri)
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A model as plain data, to build its predictor in another process or on another machine
+    without any MLflow store: a LightGBM model's text, or any other flavor's model folder as a
+    tar archive, with the feature order its signature gives."""
+
+    uri: str
+    features: tuple[str, ...]
+    flavor: str  # "lightgbm" or "python_function"
+    booster_text: str | None = None
+    archive: bytes | None = None
+
+    @functools.cached_property
+    def key(self) -> str:
+        """Names the content: the same model packed twice has the same key."""
+        digest = hashlib.sha256("\0".join((self.uri, self.flavor, *self.features)).encode())
+        digest.update((self.booster_text or "").encode())
+        digest.update(self.archive or b"")
+        return digest.hexdigest()[:32]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.booster_text or "") + len(self.archive or b"")
+
+
+def package_model(uri: str) -> ModelPackage:
+    """Resolve ``uri`` against the tracking store in force, download it once and pack it.
+
+    Raises:
+        ModelLoadError: as ``load_model``.
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    configure_tracking()
+    try:
+        with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            if not (local / "MLmodel").is_file():
+                raise ModelLoadError(uri, "no MLflow model there (no MLmodel file)")
+            mlmodel = Model.load(str(local))
+            features = features_from_signature(mlmodel.signature, uri)
+            if "lightgbm" in mlmodel.flavors:
+                native = mlflow.lightgbm.load_model(str(local))
+                booster = getattr(native, "booster_", native)
+                return ModelPackage(
+                    uri, features, "lightgbm", booster_text=booster.model_to_string()
+                )
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+                tar.add(local, arcname="model")
+            return ModelPackage(uri, features, "python_function", archive=buffer.getvalue())
+    except ModelLoadError as exc:
+        raise ModelLoadError(uri, exc.cause) from None
+    except Exception as exc:
+        log.debug("packing %s failed", uri, exc_info=True)
+        raise ModelLoadError(uri, describe_cause(exc)) from None
+
+
+def predictor_from_package(package: ModelPackage, options: LoadOptions | None = None) -> Predictor:
+    """The predictor of a packed model. Reads no tracking store and writes nothing but a temporary
+    folder (a pyfunc model's files) and the compiled-tree cache.
+
+    Raises:
+        ModelLoadError: the package cannot be turned into a model.
+    """
+    options = options or LoadOptions()
+    try:
+        if package.booster_text is not None:
+            import lightgbm as lgb
+
+            booster = lgb.Booster(model_str=package.booster_text)
+            return BoosterPredictor(
+                booster, package.features, options.compiled, options.cache_dir, options.background
+            )
+        if package.archive is None:
+            raise ModelLoadError(package.uri, "the package holds no model")
+        import mlflow.pyfunc
+
+        # A pyfunc model may read its files after loading: they live as long as the predictor.
+        files = tempfile.TemporaryDirectory(prefix="model-")
+        with tarfile.open(fileobj=io.BytesIO(package.archive), mode="r:gz") as tar:
+            tar.extractall(files.name, filter="data")
+        model = mlflow.pyfunc.load_model(str(Path(files.name) / "model"))
+        predictor = PyfuncPredictor(model, package.features)
+        predictor.files = files
+        return predictor
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        log.debug("building %s from its package failed", package.uri, exc_info=True)
+        raise ModelLoadError(package.uri, describe_cause(exc)) from None

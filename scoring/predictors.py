@@ -108,6 +108,7 @@ class PyfuncPredictor:
     def __init__(self, model: Any, features: tuple[str, ...]) -> None:
         self.model = model
         self.features = features
+        self.files: Any = None  # the folder it was loaded from, where it must outlive the load
 
     def predict(self, x: np.ndarray, threads: int) -> np.ndarray:
         import pandas as pd

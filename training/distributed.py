@@ -9,7 +9,9 @@ and then walks the same line as the single-machine path::
     -> DaskLGBMClassifier on all rows -> train.log_and_register -> promote
 
 Only what the MLflow run and its figures need comes back to the client: the id, target and
-out-of-fold probability of each row (three numbers a row, not 200).
+out-of-fold probability of each row (three numbers a row, not 200). The workers get their rows and
+the parameters from the client (or read ``--data`` from shared storage) and need this package,
+never the MLflow store: only the client logs and registers.
 
 Differences from the single-machine path, on purpose:
 
@@ -57,8 +59,15 @@ AUC_TOLERANCE = 0.01
 """Largest CV AUC difference between this path and ``training.train`` on the same data."""
 
 
-def read_frame(settings: Settings, partitions: int) -> tuple[Any, str, Any]:
+def read_frame(
+    settings: Settings, partitions: int, workers_share_disk: bool = True
+) -> tuple[Any, str, Any]:
     """The training rows as a Dask DataFrame, each partition checked like ``load_csv`` checks.
+
+    The workers read ``--data`` themselves when they can reach it: a URL of shared storage
+    (``s3://...``), or any path on a local cluster. A path on this machine with a cluster
+    elsewhere (``workers_share_disk=False``) is read here and sent to them, as the synthetic
+    stand-in always is.
 
     Returns:
         The frame, a description of its source, and the MLflow dataset source.
@@ -73,8 +82,13 @@ def read_frame(settings: Settings, partitions: int) -> tuple[Any, str, Any]:
         source = f"synthetic (training.data.synthesize, rows={n}, seed={settings.seed})"
         tags = {"generator": "training.data.synthesize", "rows": str(n), "seed": str(settings.seed)}
         return frame, source, CodeDatasetSource(tags=tags)
-    path = str(Path(settings.data).resolve())
-    frame = dd.read_csv(path, dtype={ID: str, TARGET: "int64", **dict.fromkeys(FEATURES, "f8")})
+    dtype: dict[str, Any] = {ID: str, TARGET: "int64", **dict.fromkeys(FEATURES, "f8")}
+    is_url = "://" in str(settings.data) and not str(settings.data).startswith("file://")
+    path = str(settings.data) if is_url else str(Path(settings.data).resolve())
+    if not (is_url or workers_share_disk):
+        local = check_frame(pd.read_csv(path, dtype=dtype), source=path)
+        return dd.from_pandas(local, npartitions=partitions, sort=False), path, path  # type: ignore[no-untyped-call]
+    frame = dd.read_csv(path, dtype=dtype)
     frame = frame.map_partitions(check_frame, source=path, meta=frame._meta)
     return frame, path, path
 
@@ -162,7 +176,9 @@ def run_distributed(settings: Settings, scheduler: str = "local", workers: int =
     with dask_client(scheduler, workers) as client:
         n_workers = max(len(client.scheduler_info()["workers"]), 1)
         say(f"dask: {client.scheduler.address} with {n_workers} worker(s)")
-        frame, source, dataset_source = read_frame(settings, partitions=2 * n_workers)
+        frame, source, dataset_source = read_frame(
+            settings, partitions=2 * n_workers, workers_share_disk=scheduler == "local"
+        )
         cv, oof = cross_validate_dask(client, frame, params, settings)
         say(f"CV AUC {cv.mean_auc:.5f} ± {cv.std_auc:.5f}; final model: {cv.final_rounds} rounds")
         final = _classifier(params, cv.final_rounds, client)

@@ -211,3 +211,58 @@ def test_command_line_on_its_own_local_cluster(
     )  # fmt: skip
     assert done.returncode == 2  # found before any cluster starts
     assert "day1.parquet: not a readable Parquet file" in done.stderr
+
+
+def test_memory_filesystem_urls_in_and_out(
+    dask_client: Client, booster_model: LoggedModel, scored_rows: Scored
+) -> None:
+    """Input and output through fsspec URLs, on its in-memory filesystem. memory:// lives in one
+    process, so this runs on the in-process cluster (``processes=False``); the local-disk URLs
+    run on a real cluster of processes in ``test_cluster.py``."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    frame = scored_rows.frame
+    for k, rows in enumerate(np.array_split(np.arange(len(frame)), 3)):
+        with fs.open(f"/batch-in/day{k}.parquet", "wb") as f:
+            pq.write_table(
+                pa.Table.from_pandas(frame.iloc[rows], preserve_index=False), f, row_group_size=90
+            )
+    fs.pipe_file("/batch-in/late.csv", frame.head(150).to_csv(index=False).encode())
+    try:
+        summary = score_files(
+            dask_client,
+            booster_model.model_uri,
+            ["memory://batch-in/*.parquet", "memory://batch-in/late.csv"],
+            "memory://batch-out",
+            rows_per_piece=100,
+            csv_block_bytes=32 << 10,
+        )
+        assert summary.files == 4 and summary.pieces > 4
+        assert summary.scored == len(frame) + 150
+        parts = sorted(fs.glob("/batch-out/part-*.parquet"))
+        assert len(parts) == summary.pieces
+        assert fs.exists("/batch-out/_SUCCESS") and fs.exists("/batch-out/_job.json")
+        out = pd.concat(pd.read_parquet(fs.open(p, "rb")) for p in parts)
+        expected = out["ID_code"].map(scored_rows.service).to_numpy()
+        np.testing.assert_allclose(out["probability"].to_numpy(), expected, rtol=0, atol=1e-12)
+        assert len(out) == len(frame) + 150  # the CSV repeats the first 150 ids: 2 rows each
+
+        # Resume on an object store: no rename there, parts are written whole; gone ones redone.
+        for p in parts[::3]:
+            fs.rm_file(p)
+        again = score_files(
+            dask_client,
+            booster_model.model_uri,
+            ["memory://batch-in/*.parquet", "memory://batch-in/late.csv"],
+            "memory://batch-out",
+            rows_per_piece=100,
+            csv_block_bytes=32 << 10,
+        )
+        assert again.resumed == len(parts) - len(parts[::3])
+        assert len(fs.glob("/batch-out/part-*.parquet")) == len(parts)
+        assert not fs.glob("/batch-out/.*")
+    finally:
+        fs.rm("/batch-in", recursive=True)
+        if fs.exists("/batch-out"):
+            fs.rm("/batch-out", recursive=True)
