@@ -2,7 +2,8 @@
 
     python -m app --model-uri models:/santander@champion --port 8000 --workers 2
 
-A model that cannot be resolved ends it with status 2 and one line naming the URI and the cause
+A model that cannot be resolved, or that is refused as untrusted (a python-function model without
+``ALLOW_UNTRUSTED_MODELS=true``), ends it with status 2 and one line naming the URI and the cause
 (with ``MODEL_LOAD_RETRY=true`` it starts anyway and keeps retrying, live but not ready).
 """
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not settings.model_load_retry:
         try:
-            flavors = check_model(settings.model_uri)
+            flavors = check_model(settings.model_uri, settings.load_options())
         except ModelLoadError as exc:
             print(f"error: {exc} (tracking URI: {tracking_uri()})", file=sys.stderr)
             return 2

@@ -33,6 +33,7 @@ from scoring.predictors import Predictor
 
 log = logging.getLogger("app")
 
+_ERROR_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "5"}}
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 
 
@@ -104,6 +105,7 @@ def create_app(
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.in_flight = InFlight(settings.max_in_flight, metrics)
+    app.state.api_keys = settings.api_key_set()
     app.include_router(invocations.router)
     app.include_router(health.router)
     app.include_router(model.router)
@@ -131,7 +133,7 @@ def create_app(
         )
     app.add_middleware(RequestContext, metrics=metrics)
     _install_error_handlers(app)
-    _install_openapi(app)
+    _install_openapi(app, bearer=app.state.api_keys is not None)
     return app
 
 
@@ -162,7 +164,7 @@ def _service_version() -> str:
 def _install_error_handlers(app: FastAPI) -> None:
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        headers = {"Retry-After": "5"} if exc.status_code == 503 else None
+        headers = _ERROR_HEADERS.get(exc.status_code)
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -195,8 +197,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
-def _install_openapi(app: FastAPI) -> None:
-    """Publish the request models that /invocations parses by hand under components/schemas."""
+def _install_openapi(app: FastAPI, bearer: bool) -> None:
+    """Publish the request models that /invocations parses by hand under components/schemas.
+
+    The scoring routes declare the API-key bearer scheme (so /docs' Authorize button works) only
+    when ``bearer``, i.e. API keys are on; otherwise the schema says, truly, that they are open.
+    """
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -209,6 +215,12 @@ def _install_openapi(app: FastAPI) -> None:
             ref_template="#/components/schemas/{model}",
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        if not bearer:
+            schema["components"].pop("securitySchemes", None)
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    if operation.pop("security", None) is not None:
+                        operation.get("responses", {}).pop("401", None)
         app.openapi_schema = schema
         return schema
 
