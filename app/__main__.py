@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pydantic import ValidationError
 
+    from app.auth import ApiKeyError
     from app.config import Settings
     from scoring.errors import ModelLoadError
     from scoring.loading import check_model
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["WORKERS"] = str(args.workers)
     try:
         settings = Settings()
+    except ApiKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         first = exc.errors()[0]
         print(

@@ -19,8 +19,12 @@ MIN_KEY_CHARS = 16
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-class ApiKeyError(ValueError):
-    """A malformed key list; the message names the entry by position, never its key."""
+class ApiKeyError(Exception):
+    """A malformed key list; the message names the entry by position, never its key.
+
+    Not a ``ValueError``, so pydantic passes it through instead of wrapping it in a
+    ``ValidationError`` whose text would repeat the input, keys included.
+    """
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.auth import ApiKeyError, ApiKeys
+from app.auth import ApiKeys
 from scoring.loading import LoadOptions
 from scoring.model_ref import check_model_uri, normalize_model_uri
 
@@ -22,7 +22,10 @@ from scoring.model_ref import check_model_uri, normalize_model_uri
 class Settings(BaseSettings):
     """What the service is configured with."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # Validation errors never repeat their input: it can be a secret (ADMIN_TOKEN, API_KEYS).
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", hide_input_in_errors=True
+    )
 
     model_uri: str | None = None
     """MLflow model URI: runs:/<id>/model, models:/<name>@<alias>, models:/m-<id>, a path."""
@@ -117,13 +120,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _read_api_keys(self) -> Settings:
-        try:
-            self._api_keys = ApiKeys.from_settings(
-                self.api_keys.get_secret_value() if self.api_keys else None,
-                self.api_keys_file or None,
-            )
-        except ApiKeyError as exc:
-            raise ValueError(str(exc)) from None
+        # Raises ApiKeyError (not a ValueError: pydantic lets it through, unwrapped).
+        self._api_keys = ApiKeys.from_settings(
+            self.api_keys.get_secret_value() if self.api_keys else None,
+            self.api_keys_file or None,
+        )
         return self
 
     def api_key_set(self) -> ApiKeys | None:
