@@ -2,7 +2,8 @@
 
     python -m app --model-uri models:/santander@champion --port 8000 --workers 2
 
-A model that cannot be resolved ends it with status 2 and one line naming the URI and the cause
+A model that cannot be resolved, or that is refused as untrusted (a python-function model without
+``ALLOW_UNTRUSTED_MODELS=true``), ends it with status 2 and one line naming the URI and the cause
 (with ``MODEL_LOAD_RETRY=true`` it starts anyway and keeps retrying, live but not ready).
 """
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pydantic import ValidationError
 
+    from app.auth import ApiKeyError
     from app.config import Settings
     from scoring.errors import ModelLoadError
     from scoring.loading import check_model
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["WORKERS"] = str(args.workers)
     try:
         settings = Settings()
+    except ApiKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ValidationError as exc:
         first = exc.errors()[0]
         print(
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not settings.model_load_retry:
         try:
-            flavors = check_model(settings.model_uri)
+            flavors = check_model(settings.model_uri, settings.load_options())
         except ModelLoadError as exc:
             print(f"error: {exc} (tracking URI: {tracking_uri()})", file=sys.stderr)
             return 2

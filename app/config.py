@@ -11,9 +11,10 @@ import os
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.auth import ApiKeys
 from scoring.loading import LoadOptions
 from scoring.model_ref import check_model_uri, normalize_model_uri
 
@@ -21,7 +22,10 @@ from scoring.model_ref import check_model_uri, normalize_model_uri
 class Settings(BaseSettings):
     """What the service is configured with."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # Validation errors never repeat their input: it can be a secret (ADMIN_TOKEN, API_KEYS).
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", hide_input_in_errors=True
+    )
 
     model_uri: str | None = None
     """MLflow model URI: runs:/<id>/model, models:/<name>@<alias>, models:/m-<id>, a path."""
@@ -74,6 +78,19 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     """Bearer token for /admin/*; unset: the admin routes are off (404)."""
 
+    allow_untrusted_models: bool = False
+    """Also load models whose loading can run code: python-function models, pickles beyond
+    the LightGBM allowlist. Off: only LightGBM native text and allowlisted pickles load."""
+
+    api_keys: SecretStr | None = None
+    """Comma-separated API keys (``key`` or ``name:key``, 16+ characters) for the scoring
+    routes and /model; with API_KEYS_FILE unset too, those routes are open."""
+
+    api_keys_file: str | None = None
+    """A file of API keys, one a line (``key`` or ``name:key``; ``#`` comment lines)."""
+
+    _api_keys: ApiKeys | None = PrivateAttr(default=None)
+
     model_poll_seconds: float = Field(default=0.0, ge=0)
     """Re-resolve MODEL_URI this often and swap in a new version; 0: no polling."""
 
@@ -101,12 +118,26 @@ class Settings(BaseSettings):
             else check_model_uri(normalize_model_uri(value))
         )
 
+    @model_validator(mode="after")
+    def _read_api_keys(self) -> Settings:
+        # Raises ApiKeyError (not a ValueError: pydantic lets it through, unwrapped).
+        self._api_keys = ApiKeys.from_settings(
+            self.api_keys.get_secret_value() if self.api_keys else None,
+            self.api_keys_file or None,
+        )
+        return self
+
+    def api_key_set(self) -> ApiKeys | None:
+        """The API keys the scoring routes require, or ``None``: those routes are open."""
+        return self._api_keys
+
     def load_options(self) -> LoadOptions:
         """How the model loader builds predictors, from these settings."""
         return LoadOptions(
             compiled=self.compiled_predictor,
             cache_dir=self.compiled_cache_dir or None,
             background=self.compile_in_background,
+            allow_untrusted=self.allow_untrusted_models,
         )
 
     def threads_for(self, rows: int) -> int:

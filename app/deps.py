@@ -1,15 +1,23 @@
-"""What routes need, as FastAPI dependencies: ``Annotated[..., Depends(...)]`` aliases."""
+"""What routes need, as FastAPI dependencies: ``Annotated[..., Depends(...)]`` aliases.
+
+``ScoringAuth`` guards the scoring routes: a router that scores declares
+``APIRouter(dependencies=[ScoringAuth])`` and needs ``Authorization: Bearer <API key>`` whenever
+API keys are configured (``API_KEYS``, ``API_KEYS_FILE``); without keys it lets every request in.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.admission import InFlight
+from app.auth import ApiKeys
 from app.config import Settings
 from app.model_holder import ModelHolder
 from app.observability import Metrics
+from scoring.errors import Unauthorized
 
 
 def _settings(request: Request) -> Settings:
@@ -31,6 +39,34 @@ def _in_flight(request: Request) -> InFlight:
     in_flight: InFlight = request.app.state.in_flight
     return in_flight
 
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="APIKey",
+    description="An API key from API_KEYS or API_KEYS_FILE",
+)
+
+
+def _scoring_auth(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    """The id of the caller's API key; ``None`` when no keys are configured. 401 otherwise."""
+    keys: ApiKeys | None = request.app.state.api_keys
+    if keys is None:
+        return None
+    metrics: Metrics = request.app.state.metrics
+    key_id = keys.identify(credentials.credentials) if credentials is not None else None
+    if key_id is None:
+        metrics.api_key_rejected.inc()
+        raise Unauthorized("a valid 'Authorization: Bearer <API key>' header is required")
+    metrics.api_key_requests.labels(key_id).inc()
+    request.state.key_id = key_id  # for the access log
+    return key_id
+
+
+ScoringAuth = Security(_scoring_auth)
+"""Router-level guard of the scoring routes: ``APIRouter(dependencies=[ScoringAuth])``."""
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 HolderDep = Annotated[ModelHolder, Depends(_holder)]

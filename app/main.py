@@ -33,6 +33,7 @@ from scoring.predictors import Predictor
 
 log = logging.getLogger("app")
 
+_ERROR_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "5"}}
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 
 
@@ -104,6 +105,7 @@ def create_app(
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.in_flight = InFlight(settings.max_in_flight, metrics)
+    app.state.api_keys = settings.api_key_set()
     app.include_router(invocations.router)
     app.include_router(health.router)
     app.include_router(model.router)
@@ -131,7 +133,7 @@ def create_app(
         )
     app.add_middleware(RequestContext, metrics=metrics)
     _install_error_handlers(app)
-    _install_openapi(app, holder)
+    _install_openapi(app, holder, bearer=app.state.api_keys is not None)
     return app
 
 
@@ -162,7 +164,7 @@ def _service_version() -> str:
 def _install_error_handlers(app: FastAPI) -> None:
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        headers = {"Retry-After": "5"} if exc.status_code == 503 else None
+        headers = _ERROR_HEADERS.get(exc.status_code)
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -240,9 +242,13 @@ requests.post(URL + "/invocations", data=df.to_json(orient="split"),
 """
 
 
-def _install_openapi(app: FastAPI, holder: ModelHolder) -> None:
+def _install_openapi(app: FastAPI, holder: ModelHolder, bearer: bool) -> None:
     """Publish the contract of the model being served: its request models under
-    components/schemas, its features in the examples, its name in the description."""
+    components/schemas, its features in the examples, its name in the description.
+
+    The scoring routes declare the API-key bearer scheme (so /docs' Authorize button works) only
+    when ``bearer``, i.e. API keys are on; otherwise the schema says, truly, that they are open.
+    """
     cache: dict[tuple[object, ...], dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
@@ -264,6 +270,12 @@ def _install_openapi(app: FastAPI, holder: ModelHolder) -> None:
             post["requestBody"] = invocations_openapi(features)["requestBody"]
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(contract_for(features).components())
+        if not bearer:
+            schema["components"].pop("securitySchemes", None)
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    if operation.pop("security", None) is not None:
+                        operation.get("responses", {}).pop("401", None)
         cache.clear()
         cache[key] = schema
         return schema

@@ -116,6 +116,17 @@ class Metrics:
         )
         self.load_failures = Counter("model_load_failures_total", "Failed model loads", **kw)
         self.loads = Counter("model_loads_total", "Successful model loads", **kw)
+        self.api_key_requests = Counter(
+            "api_key_requests_total",
+            "Authenticated scoring requests by API key id",
+            ["key_id"],
+            **kw,
+        )
+        self.api_key_rejected = Counter(
+            "api_key_rejected_total",
+            "Scoring requests refused for a missing or wrong API key",
+            **kw,
+        )
         self.shed = Counter("requests_shed_total", "Requests refused with 503 (overload)", **kw)
 
     def render(self) -> tuple[bytes, str]:
@@ -242,6 +253,7 @@ class RequestContext:
                     "duration_ms": round(duration * 1000, 3),
                     "rows": state.get("rows"),
                     "model_version": state.get("model_version"),
+                    "key_id": state.get("key_id"),
                 },
             )
             request_id_var.reset(token)
@@ -255,7 +267,7 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-_ACCESS_FIELDS = ("method", "path", "status", "rows", "duration_ms", "model_version")
+_ACCESS_FIELDS = ("method", "path", "status", "rows", "duration_ms", "model_version", "key_id")
 
 
 class JsonFormatter(logging.Formatter):

@@ -48,6 +48,11 @@ class ModelCard(BaseModel):
     version: str | None
     alias: str | None
     flavor: str
+    loading: str | None = Field(
+        default=None,
+        description="How the model was read: lightgbm native text, allowlisted pickle, "
+        "allowlisted skops, or pyfunc (untrusted allowed)",
+    )
     features: list[str]
     metrics: dict[str, float]
     params: dict[str, str]

@@ -57,6 +57,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--compiled-cache-dir",
         help="where each worker machine keeps compiled trees (default: under its temp dir)",
     )
+    parser.add_argument(
+        "--allow-untrusted-models",
+        action="store_true",
+        default=os.environ.get("ALLOW_UNTRUSTED_MODELS", "").lower() in ("1", "true", "yes"),
+        help="also load models other than LightGBM (their loading can run code; env "
+        "ALLOW_UNTRUSTED_MODELS)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace another job's output")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -81,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             compiled=args.compiled,
             compiled_cache_dir=args.compiled_cache_dir,
             overwrite=args.overwrite,
+            allow_untrusted_models=args.allow_untrusted_models,
         )
         print(
             f"{len(prepared.pieces)} piece(s) to score with {prepared.job.model_uri} "

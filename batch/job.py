@@ -770,18 +770,20 @@ def prepare(
     compiled: bool = True,
     compiled_cache_dir: str | None = None,
     overwrite: bool = False,
+    allow_untrusted_models: bool = False,
 ) -> Prepared:
     """Pin and download the model, check every file's columns and plan the pieces, before any
     cluster starts. This is the only step that talks to the MLflow store.
 
     Raises:
         BatchError: a bad file or a foreign output folder.
-        ModelLoadError: the model URI cannot be resolved or downloaded.
+        ModelLoadError: the model URI cannot be resolved or downloaded, or is an untrusted
+            model (not LightGBM) without ``allow_untrusted_models``.
     """
     if bad_rows not in ("fail", "skip"):
         raise ValueError(f"bad_rows must be 'fail' or 'skip', not {bad_rows!r}")
     uri = pin(model_uri)
-    model = package_model(uri)
+    model = package_model(uri, LoadOptions(allow_untrusted=allow_untrusted_models))
     out = _output_url(output)
     job = Job(
         model_uri=uri,

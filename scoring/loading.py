@@ -22,6 +22,7 @@ from scoring.features import features_from_signature
 from scoring.model_ref import ModelRef, describe_cause, registry_version
 from scoring.predictors import BoosterPredictor, Predictor, PyfuncPredictor
 from scoring.tracking import configure_tracking
+from scoring.trusted import UNTRUSTED_PYFUNC, UntrustedModel, read_lightgbm
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class LoadOptions:
     """Where compiled object code is kept between starts (None: under the temp dir)."""
     background: bool = False
     """Serve with LightGBM at once and switch to the compiled trees when they are ready."""
+    allow_untrusted: bool = False
+    """Also load models whose loading can run code (python-function models, any pickle)."""
 
 
 @dataclass
@@ -72,6 +75,7 @@ class LoadedModel:
             "flavor": self.predictor.flavor,
             "backend": getattr(self.predictor, "backend", self.predictor.flavor),
             "backend_note": getattr(self.predictor, "backend_note", None),
+            "loading": getattr(self.predictor, "loading", None),
             "features": list(self.predictor.features),
             "metrics": self.metrics,
             "params": self.params,
@@ -102,8 +106,11 @@ def _registry_facts(ref: ModelRef, loaded: LoadedModel) -> None:
 def build_predictor(local: Path, options: LoadOptions, uri: str = "?") -> Predictor:
     """The predictor of the MLflow model in the folder ``local``.
 
+    A LightGBM model loads from native text or through an allowlist (``scoring.trusted``); any
+    other model only with ``options.allow_untrusted``, since loading it can run its code.
+
     Raises:
-        ModelLoadError: no MLmodel there, or an unusable signature.
+        ModelLoadError: no MLmodel there, an unusable signature, or an untrusted model.
     """
     import mlflow
     from mlflow.models import Model
@@ -111,14 +118,43 @@ def build_predictor(local: Path, options: LoadOptions, uri: str = "?") -> Predic
     if not (local / "MLmodel").is_file():
         raise ModelLoadError(uri, "no MLflow model there (no MLmodel file)")
     mlmodel = Model.load(str(local))
+    check_trusted(mlmodel.flavors, options, uri)
     features = features_from_signature(mlmodel.signature, uri)
     if "lightgbm" in mlmodel.flavors:
-        native = mlflow.lightgbm.load_model(str(local))
-        booster = getattr(native, "booster_", native)
-        return BoosterPredictor(
+        try:
+            booster, how = read_lightgbm(
+                local, mlmodel.flavors["lightgbm"], options.allow_untrusted
+            )
+        except UntrustedModel as exc:
+            raise ModelLoadError(uri, _refusal(str(exc))) from None
+        predictor = BoosterPredictor(
             booster, features, options.compiled, options.cache_dir, options.background
         )
-    return PyfuncPredictor(mlflow.pyfunc.load_model(str(local)), features)
+        predictor.loading = how
+        return predictor
+    pyfunc = PyfuncPredictor(mlflow.pyfunc.load_model(str(local)), features)
+    pyfunc.loading = UNTRUSTED_PYFUNC
+    return pyfunc
+
+
+def check_trusted(flavors: dict[str, Any], options: LoadOptions, uri: str = "?") -> None:
+    """Refuse a model that is not LightGBM unless untrusted models are allowed (MLmodel only).
+
+    Raises:
+        ModelLoadError: one line saying why and what would allow it.
+    """
+    if "lightgbm" in flavors or options.allow_untrusted:
+        return
+    kinds = ", ".join(sorted(flavors)) or "none"
+    raise ModelLoadError(uri, _refusal(f"a python-function model (flavors: {kinds})"))
+
+
+def _refusal(what: str) -> str:
+    return (
+        f"refused untrusted model: {what}; loading it could run code from the registry. Only "
+        "LightGBM native text and allowlisted LGBMClassifier pickles load by default; set "
+        "ALLOW_UNTRUSTED_MODELS=true to load it anyway"
+    )
 
 
 def load_model(uri: str, options: LoadOptions | None = None) -> LoadedModel:
@@ -164,13 +200,19 @@ def model_info(uri: str) -> Any:
         raise ModelLoadError(uri, describe_cause(exc)) from None
 
 
-def check_model(uri: str) -> str:
+def check_model(uri: str, options: LoadOptions | None = None) -> str:
     """Cheap pre-flight: resolve ``uri`` and read its MLmodel. Returns the flavor names.
+
+    With ``options``, also refuse a model that is not LightGBM unless untrusted models are
+    allowed (nothing is downloaded or unpickled; pickles are checked when loaded).
 
     Raises:
         ModelLoadError: as ``load_model``.
     """
-    return ", ".join(sorted(model_info(uri).flavors))
+    flavors = model_info(uri).flavors
+    if options is not None:
+        check_trusted(flavors, options, uri)
+    return ", ".join(sorted(flavors))
 
 
 def model_features(uri: str) -> tuple[str, ...]:
@@ -207,12 +249,16 @@ class ModelPackage:
         return len(self.booster_text or "") + len(self.archive or b"")
 
 
-def package_model(uri: str) -> ModelPackage:
+def package_model(uri: str, options: LoadOptions | None = None) -> ModelPackage:
     """Resolve ``uri`` against the tracking store in force, download it once and pack it.
 
+    A LightGBM model is read as ``build_predictor`` reads it (native text, or an allowlisted
+    pickle); any other model is packed only with ``options.allow_untrusted``.
+
     Raises:
-        ModelLoadError: as ``load_model``.
+        ModelLoadError: as ``load_model``, or an untrusted model.
     """
+    options = options or LoadOptions()
     import mlflow
     from mlflow.models import Model
 
@@ -223,10 +269,15 @@ def package_model(uri: str) -> ModelPackage:
             if not (local / "MLmodel").is_file():
                 raise ModelLoadError(uri, "no MLflow model there (no MLmodel file)")
             mlmodel = Model.load(str(local))
+            check_trusted(mlmodel.flavors, options, uri)
             features = features_from_signature(mlmodel.signature, uri)
             if "lightgbm" in mlmodel.flavors:
-                native = mlflow.lightgbm.load_model(str(local))
-                booster = getattr(native, "booster_", native)
+                try:
+                    booster, _ = read_lightgbm(
+                        local, mlmodel.flavors["lightgbm"], options.allow_untrusted
+                    )
+                except UntrustedModel as exc:
+                    raise ModelLoadError(uri, _refusal(str(exc))) from None
                 return ModelPackage(
                     uri, features, "lightgbm", booster_text=booster.model_to_string()
                 )

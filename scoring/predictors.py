@@ -38,6 +38,8 @@ class BoosterPredictor:
     """
 
     flavor = "lightgbm"
+    loading = "in memory"
+    """How the model was read (``scoring.trusted``: native text, allowlisted pickle, ...)."""
 
     def __init__(
         self,
@@ -104,6 +106,7 @@ class PyfuncPredictor:
 
     flavor = "python_function"
     backend = "mlflow.pyfunc"
+    loading = "in memory"
 
     def __init__(self, model: Any, features: tuple[str, ...]) -> None:
         self.model = model

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app.dataplane import read_body, score_admitted
-from app.deps import HolderDep, InFlightDep, MetricsDep, SettingsDep
+from app.deps import HolderDep, InFlightDep, MetricsDep, ScoringAuth, SettingsDep
 from app.schemas import ErrorBody, Predictions
 from scoring.contract.decode import check_media_type
 from scoring.contract.models import invocations_openapi
 
-router = APIRouter(tags=["scoring"])
+router = APIRouter(tags=["scoring"], dependencies=[ScoringAuth])
 
 
 @router.post(
@@ -18,6 +18,7 @@ router = APIRouter(tags=["scoring"])
     response_model=Predictions,
     responses={
         400: {"model": ErrorBody, "description": "Malformed body"},
+        401: {"model": ErrorBody, "description": "API keys are on and none valid was given"},
         408: {"model": ErrorBody, "description": "The body took too long to arrive"},
         413: {"model": ErrorBody, "description": "Body or row count over the limit"},
         415: {"model": ErrorBody, "description": "Unsupported Content-Type"},

@@ -1,4 +1,5 @@
-"""A model of another flavor is served through mlflow.pyfunc, with the same validation."""
+"""A model of another flavor is served through mlflow.pyfunc (when untrusted models are allowed:
+loading one runs its code), with the same validation."""
 
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ def test_pyfunc_model_is_served_with_the_same_checks(tracking_dir) -> None:  # t
             signature=infer_signature(frame, expected),
             pip_requirements=["mlflow"],
         )
-    with TestClient(create_app(Settings(model_uri=run.info.run_id))) as client:
+    settings = Settings(model_uri=run.info.run_id, allow_untrusted_models=True)
+    with TestClient(create_app(settings)) as client:
         card = client.get("/model").json()
         assert card["flavor"] == "python_function" and card["features"][:2] == ["var_1", "var_0"]
+        assert card["loading"] == "pyfunc (untrusted allowed)"
         shuffled = frame[list(reversed(frame.columns))]
         r = client.post(
             "/invocations",

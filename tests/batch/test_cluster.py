@@ -192,7 +192,13 @@ def test_a_pyfunc_model_travels_as_its_files(
         )
     frame = _rows(250, seed=25, missing=False)  # LogisticRegression refuses NaN
     _write_inputs(frame, tmp_path / "in")
-    summary = score_files(client, info.model_uri, [str(tmp_path / "in")], tmp_path / "out")
+    summary = score_files(
+        client,
+        info.model_uri,
+        [str(tmp_path / "in")],
+        tmp_path / "out",
+        allow_untrusted_models=True,
+    )
     assert set(summary.backends) == {"mlflow.pyfunc"}
     got = _read(tmp_path / "out").set_index("ID_code").loc[frame["ID_code"]]
     own = mlflow.pyfunc.load_model(info.model_uri).predict(frame.drop(columns=["ID_code"]))
