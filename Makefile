@@ -16,7 +16,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): requirements-dev.lock requirements.lock pyproject.toml
+$(STAMP): requirements-dev.lock requirements.lock requirements-serve.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24" "uv>=0.4"
 	$(BIN)/uv pip install -q --compile-bytecode --python $(PY) -r requirements-dev.lock
