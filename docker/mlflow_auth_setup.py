@@ -23,9 +23,12 @@ start without needing a working admin login. A password changed in the MLflow UI
 these three accounts is therefore reset at the next start; other users are left alone.
 
 Permissions: non-admin users start from the default permission, READ, on everything; whoever
-creates an experiment or a registered model gets MANAGE on it. So the lab may write what it
-creates (its experiments, the `santander` model, its versions and aliases) and the API may read
-every model and artifact but write nothing. Requests without valid credentials get 401.
+creates an experiment or a registered model gets MANAGE on it. The lab account also holds EDIT on
+every experiment and registered model (wildcard grants, set here): it is the team's read-write
+account, so it may log runs and register versions and move aliases of models it did not create
+itself (e.g. those of a store from before authentication was on). The API's account holds no
+grant: it reads every model and artifact and writes nothing of the lab's (403). Requests without
+valid credentials get 401.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pathlib import Path
 AUTH_DIR = Path(os.environ.get("MLFLOW_AUTH_DIR", "/mlflow/auth"))
 CREDENTIALS_DIR = Path(os.environ.get("MLFLOW_CREDENTIALS_DIR", "/credentials"))
 DEFAULT_PERMISSION = "READ"
+LAB_GRANT = "EDIT"  # on every experiment and registered model: write, not delete or manage
 
 
 def _write(path: Path, text: str, mode: int) -> None:
@@ -117,8 +121,9 @@ def main() -> int:
     )
 
     accounts: dict[str, tuple[str, bool, Path | None]] = {admin: (admin_password, True, None)}
+    names: dict[str, str] = {}
     for service in ("api", "lab"):
-        name = os.environ.get(f"MLFLOW_{service.upper()}_USERNAME") or service
+        name = names[service] = os.environ.get(f"MLFLOW_{service.upper()}_USERNAME") or service
         credentials = CREDENTIALS_DIR / service / "credentials"
         password = _service_password(f"MLFLOW_{service.upper()}_PASSWORD", credentials, service)
         if name in accounts:
@@ -146,11 +151,19 @@ def main() -> int:
             print(f"updated MLflow account {name!r}", flush=True)
         if credentials is not None:
             credentials.parent.mkdir(parents=True, exist_ok=True)
+            if credentials.parent.stat().st_uid == os.geteuid():
+                credentials.parent.chmod(0o755)  # the service's user differs from ours
             _credentials_file(credentials, name, password)
+    for resource_type in ("experiment", "registered_model"):
+        store.grant_user_permission(names["lab"], resource_type, "*", LAB_GRANT)
     print(
         f"registry authentication on: accounts {', '.join(accounts)}; default permission "
-        f"{DEFAULT_PERMISSION}; the admin password: `docker-compose exec mlflow cat "
-        f"{AUTH_DIR / 'admin-password'}` unless MLFLOW_ADMIN_PASSWORD is set",
+        f"{DEFAULT_PERMISSION}; {names['lab']} may {LAB_GRANT} every experiment and model",
+        flush=True,
+    )
+    print(
+        "the admin password: `docker-compose exec mlflow cat "
+        f"{AUTH_DIR / 'admin-password'}`, unless MLFLOW_ADMIN_PASSWORD is set",
         flush=True,
     )
     return 0

@@ -228,6 +228,26 @@ def test_registry_refuses_anonymous_callers_and_api_writes(champion: Tracking) -
     assert champion.api[0] == "api" and champion.lab[0] == "lab"
 
 
+def test_lab_may_edit_what_others_made_and_api_may_not(champion: Tracking) -> None:
+    """A model and an experiment the lab did not create (the admin's, as from before auth)."""
+    rest = champion.url + "/api/2.0/mlflow/"
+    made = httpx.post(
+        rest + "registered-models/create", json={"name": "preexisting"}, auth=champion.admin
+    )
+    assert made.status_code == 200, made.text
+    update = {"name": "preexisting", "description": "edited"}
+    for account, status in ((champion.lab, 200), (champion.api, 403)):
+        r = httpx.patch(rest + "registered-models/update", json=update, auth=account, timeout=10)
+        assert r.status_code == status, (account[0], r.text)
+        run = httpx.post(rest + "runs/create", json={"experiment_id": "0"}, auth=account)
+        assert run.status_code == status, (account[0], run.text)
+    # EDIT, not MANAGE: the lab may not delete what it did not create.
+    gone = httpx.request(
+        "DELETE", rest + "registered-models/delete", json={"name": "preexisting"}, auth=champion.lab
+    )
+    assert gone.status_code == 403, gone.text
+
+
 def test_registry_lives_in_postgres(postgres: Postgres, champion: Tracking) -> None:
     import psycopg2
 
