@@ -50,6 +50,9 @@ BUILD_TIMEOUT = 1800  # a cold build of the three images on 2 cores took 466 s; 
 UP_TIMEOUT = 300
 TRAIN_TIMEOUT = 600
 READY_TIMEOUT = 180  # the API's back-off between load attempts is capped well below this
+# MLflow checks a password with a deliberately slow hash on every request; on 2 busy cores one
+# authenticated call took over 5 s.
+AUTH_TIMEOUT = 60
 
 
 def _engine_answers() -> bool:
@@ -298,11 +301,11 @@ def test_fresh_api_is_live_but_not_ready(stack: Stack) -> None:
 
 
 def test_services_answer_on_published_ports(stack: Stack) -> None:
-    ui = httpx.get(stack.mlflow + "/", auth=stack.lab_account, timeout=10)
+    ui = httpx.get(stack.mlflow + "/", auth=stack.lab_account, timeout=AUTH_TIMEOUT)
     assert ui.status_code == 200 and "<html" in ui.text.lower()
-    lab = httpx.get(f"{stack.lab}/lab?token={stack.token}", timeout=10)
+    lab = httpx.get(f"{stack.lab}/lab?token={stack.token}", timeout=AUTH_TIMEOUT)
     assert lab.status_code == 200 and "jupyterlab" in lab.text.lower()
-    docs = httpx.get(stack.api + "/docs", timeout=10)
+    docs = httpx.get(stack.api + "/docs", timeout=AUTH_TIMEOUT)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
@@ -310,34 +313,41 @@ def test_lab_refuses_a_missing_or_wrong_token(stack: Stack) -> None:
     assert len(stack.token) >= 32 and stack.token != "santander"  # generated, not published
     for token in ("", "santander", "0" * len(stack.token)):
         query = f"?token={token}" if token else ""
-        contents = httpx.get(f"{stack.lab}/api/contents{query}", timeout=10)
+        contents = httpx.get(f"{stack.lab}/api/contents{query}", timeout=AUTH_TIMEOUT)
         assert contents.status_code == 403, (token, contents.status_code)
-        page = httpx.get(f"{stack.lab}/lab{query}", timeout=10)
+        page = httpx.get(f"{stack.lab}/lab{query}", timeout=AUTH_TIMEOUT)
         assert page.status_code == 302 and "/login" in page.headers["location"], (token, page)
-    accepted = httpx.get(f"{stack.lab}/api/contents?token={stack.token}", timeout=10)
+    accepted = httpx.get(f"{stack.lab}/api/contents?token={stack.token}", timeout=AUTH_TIMEOUT)
     assert accepted.status_code == 200
     assert "notebooks" in {item["name"] for item in accepted.json()["content"]}
 
 
 def test_registry_refuses_anonymous_and_unknown_callers(stack: Stack) -> None:
-    assert httpx.get(stack.mlflow + "/health", timeout=10).status_code == 200  # healthchecks
+    health = httpx.get(stack.mlflow + "/health", timeout=AUTH_TIMEOUT)  # for healthchecks
+    assert health.status_code == 200
     writes = [
         ("registered-models/create", {"name": "santander"}),
         ("experiments/create", {"name": "intruder"}),
         ("registered-models/alias", {"name": "santander", "alias": "champion", "version": "1"}),
     ]
     for auth in (None, ("admin", "password1234"), (stack.lab_account[0], "not-the-password")):
-        assert httpx.get(stack.mlflow + "/", auth=auth, timeout=10).status_code == 401
+        assert httpx.get(stack.mlflow + "/", auth=auth, timeout=AUTH_TIMEOUT).status_code == 401
         for path, body in writes:
             r = httpx.post(
-                f"{stack.mlflow}/api/2.0/mlflow/{path}", json=body, auth=auth, timeout=10
+                f"{stack.mlflow}/api/2.0/mlflow/{path}", json=body, auth=auth, timeout=AUTH_TIMEOUT
             )
             assert r.status_code == 401, (auth and auth[0], path, r.status_code, r.text[:200])
         search = httpx.get(
-            stack.mlflow + "/api/2.0/mlflow/registered-models/search", auth=auth, timeout=10
+            stack.mlflow + "/api/2.0/mlflow/registered-models/search",
+            auth=auth,
+            timeout=AUTH_TIMEOUT,
         )
         assert search.status_code == 401
-    admin = httpx.get(stack.mlflow + "/api/2.0/mlflow/registered-models/search", auth=stack.admin)
+    admin = httpx.get(
+        stack.mlflow + "/api/2.0/mlflow/registered-models/search",
+        auth=stack.admin,
+        timeout=AUTH_TIMEOUT,
+    )
     assert admin.status_code == 200
 
 
@@ -391,13 +401,15 @@ def test_api_account_reads_the_model_but_cannot_write(trained: Stack) -> None:
     """The lab's model and its @champion are readable by the API's account, not writable."""
     rest = trained.mlflow + "/api/2.0/mlflow/"
     api = trained.api_account
-    model = httpx.get(rest + "registered-models/get", params={"name": "santander"}, auth=api)
+    model = httpx.get(
+        rest + "registered-models/get", params={"name": "santander"}, auth=api, timeout=AUTH_TIMEOUT
+    )
     assert model.status_code == 200, model.text
     champion = httpx.get(
         rest + "registered-models/alias",
         params={"name": "santander", "alias": "champion"},
         auth=api,
-        timeout=10,
+        timeout=AUTH_TIMEOUT,
     )
     assert champion.status_code == 200, champion.text
     version = champion.json()["model_version"]
@@ -411,10 +423,10 @@ def test_api_account_reads_the_model_but_cannot_write(trained: Stack) -> None:
         ("POST", "runs/create", {"experiment_id": _experiment_id(trained, "santander")}),
     ]  # fmt: skip
     for method, path, body in writes:
-        r = httpx.request(method, rest + path, json=body, auth=api, timeout=10)
+        r = httpx.request(method, rest + path, json=body, auth=api, timeout=AUTH_TIMEOUT)
         assert r.status_code == 403, (path, r.status_code, r.text[:300])
     # The API read the artifacts with that account: it serves the champion's version.
-    served = httpx.get(trained.api + "/model", timeout=10).json()
+    served = httpx.get(trained.api + "/model", timeout=AUTH_TIMEOUT).json()
     assert str(served["version"]) == str(version["version"])
 
 
@@ -422,11 +434,15 @@ def test_lab_account_owns_what_it_registered(trained: Stack) -> None:
     """The lab trained and registered as `lab`: it may move an alias of the model it created."""
     rest = trained.mlflow + "/api/2.0/mlflow/registered-models/alias"
     lab = trained.lab_account
-    champion = httpx.get(rest, params={"name": "santander", "alias": "champion"}, auth=lab)
+    champion = httpx.get(
+        rest, params={"name": "santander", "alias": "champion"}, auth=lab, timeout=AUTH_TIMEOUT
+    )
     version = champion.json()["model_version"]["version"]
     alias = {"name": "santander", "alias": "smoke-check", "version": version}
-    assert httpx.post(rest, json=alias, auth=lab, timeout=10).status_code == 200
-    assert httpx.request("DELETE", rest, json=alias, auth=lab, timeout=10).status_code == 200
+    assert httpx.post(rest, json=alias, auth=lab, timeout=AUTH_TIMEOUT).status_code == 200
+    assert (
+        httpx.request("DELETE", rest, json=alias, auth=lab, timeout=AUTH_TIMEOUT).status_code == 200
+    )
 
 
 def _experiment_id(s: Stack, name: str) -> str:
@@ -434,7 +450,7 @@ def _experiment_id(s: Stack, name: str) -> str:
         s.mlflow + "/api/2.0/mlflow/experiments/get-by-name",
         params={"experiment_name": name},
         auth=s.lab_account,
-        timeout=10,
+        timeout=AUTH_TIMEOUT,
     )
     assert r.status_code == 200, r.text
     return str(r.json()["experiment"]["experiment_id"])

@@ -37,6 +37,8 @@ import pytest
 from tests.helpers import PROJECT_DIR, free_port, make_frame, server_process, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# MLflow checks a password with a deliberately slow hash on every request: generous on busy cores.
+AUTH_TIMEOUT = 60
 
 
 def _pg_bin() -> Path | None:
@@ -220,11 +222,17 @@ def champion(tracking_server: Tracking) -> Tracking:
 def test_registry_refuses_anonymous_callers_and_api_writes(champion: Tracking) -> None:
     rest = champion.url + "/api/2.0/mlflow/registered-models/"
     alias = {"name": "santander", "alias": "champion", "version": "1"}
-    assert httpx.get(rest + "search", timeout=10).status_code == 401
-    assert httpx.post(rest + "alias", json=alias, timeout=10).status_code == 401
-    assert httpx.get(rest + "search", auth=champion.api, timeout=10).status_code == 200
-    assert httpx.post(rest + "alias", json=alias, auth=champion.api, timeout=10).status_code == 403
-    assert httpx.post(rest + "alias", json=alias, auth=champion.lab, timeout=10).status_code == 200
+    assert httpx.get(rest + "search", timeout=AUTH_TIMEOUT).status_code == 401
+    assert httpx.post(rest + "alias", json=alias, timeout=AUTH_TIMEOUT).status_code == 401
+    assert httpx.get(rest + "search", auth=champion.api, timeout=AUTH_TIMEOUT).status_code == 200
+    assert (
+        httpx.post(rest + "alias", json=alias, auth=champion.api, timeout=AUTH_TIMEOUT).status_code
+        == 403
+    )
+    assert (
+        httpx.post(rest + "alias", json=alias, auth=champion.lab, timeout=AUTH_TIMEOUT).status_code
+        == 200
+    )
     assert champion.api[0] == "api" and champion.lab[0] == "lab"
 
 
@@ -232,18 +240,29 @@ def test_lab_may_edit_what_others_made_and_api_may_not(champion: Tracking) -> No
     """A model and an experiment the lab did not create (the admin's, as from before auth)."""
     rest = champion.url + "/api/2.0/mlflow/"
     made = httpx.post(
-        rest + "registered-models/create", json={"name": "preexisting"}, auth=champion.admin
+        rest + "registered-models/create",
+        json={"name": "preexisting"},
+        auth=champion.admin,
+        timeout=AUTH_TIMEOUT,
     )
     assert made.status_code == 200, made.text
     update = {"name": "preexisting", "description": "edited"}
     for account, status in ((champion.lab, 200), (champion.api, 403)):
-        r = httpx.patch(rest + "registered-models/update", json=update, auth=account, timeout=10)
+        r = httpx.patch(
+            rest + "registered-models/update", json=update, auth=account, timeout=AUTH_TIMEOUT
+        )
         assert r.status_code == status, (account[0], r.text)
-        run = httpx.post(rest + "runs/create", json={"experiment_id": "0"}, auth=account)
+        run = httpx.post(
+            rest + "runs/create", json={"experiment_id": "0"}, auth=account, timeout=AUTH_TIMEOUT
+        )
         assert run.status_code == status, (account[0], run.text)
     # EDIT, not MANAGE: the lab may not delete what it did not create.
     gone = httpx.request(
-        "DELETE", rest + "registered-models/delete", json={"name": "preexisting"}, auth=champion.lab
+        "DELETE",
+        rest + "registered-models/delete",
+        json={"name": "preexisting"},
+        auth=champion.lab,
+        timeout=AUTH_TIMEOUT,
     )
     assert gone.status_code == 403, gone.text
 
