@@ -3,8 +3,9 @@ proxy; both replicas answer, and both serve the same registered version. ``down 
 
 Own compose project (``santander-replicas``) and free ports, so it never touches a developer's
 stack. The champion is registered from this host through the stack's MLflow server (as a data
-scientist's laptop would), then the replicas load it by themselves. Skipped when no Docker engine
-answers, unless ``REQUIRE_DOCKER=1`` (CI), where that fails.
+scientist's laptop would, with the lab's account; the passwords are given in the environment, as
+a team's ``.env`` would), then the replicas load it by themselves with the API's read-only account.
+Skipped when no Docker engine answers, unless ``REQUIRE_DOCKER=1`` (CI), where that fails.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Replicas:
     env: dict[str, str]
     mlflow: str
     proxy: str
+    lab_account: tuple[str, str]
 
     def run(self, *args: str, timeout: float, check: bool = True) -> str:
         cmd = [*self.compose, "-p", PROJECT, *FILES, *args]
@@ -110,14 +112,22 @@ def replicas() -> Iterator[Replicas]:
         "PROXY_PORT": str(first),
         "API_PORT": f"{base}-{base + 9}",
         "STACK_BIND": "127.0.0.1",
-    }
-    for leak in ("COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "MODEL_URI", "MLFLOW_BACKEND_STORE_URI"):
+        # Passwords set by the operator (the smoke test covers the generated ones).
+        **{f"MLFLOW_{who}_PASSWORD": f"{who.lower()}-{os.urandom(12).hex()}"
+           for who in ("ADMIN", "LAB", "API")},
+    }  # fmt: skip
+    for leak in (
+        "COMPOSE_PROJECT_NAME", "COMPOSE_FILE", "MODEL_URI", "MLFLOW_BACKEND_STORE_URI",
+        "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_ADMIN_USERNAME", "MLFLOW_LAB_USERNAME", "MLFLOW_API_USERNAME",
+    ):  # fmt: skip
         env.pop(leak, None)
     r = Replicas(
         compose=_compose_command(),
         env=env,
         mlflow=f"http://127.0.0.1:{env['MLFLOW_PORT']}",
         proxy=f"http://127.0.0.1:{env['PROXY_PORT']}",
+        lab_account=("lab", env["MLFLOW_LAB_PASSWORD"]),
     )
     r.run("down", "-v", "--remove-orphans", timeout=180, check=False)
     try:
@@ -155,7 +165,10 @@ def test_replicas_behind_the_proxy_serve_one_version(replicas: Replicas) -> None
     train = subprocess.run(
         [sys.executable, "-m", "training.train", "--quick", "--rows", "2000", "--folds", "2",
          "--num-boost-round", "20", "--experiment", "replicas"],
-        cwd=PROJECT_DIR, env={**replicas.env, "MLFLOW_TRACKING_URI": replicas.mlflow},
+        cwd=PROJECT_DIR,
+        env={**replicas.env, "MLFLOW_TRACKING_URI": replicas.mlflow,
+             "MLFLOW_TRACKING_USERNAME": replicas.lab_account[0],
+             "MLFLOW_TRACKING_PASSWORD": replicas.lab_account[1]},
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert train.returncode == 0, train.stderr[-3000:]

@@ -2,9 +2,12 @@
 
 What the compose ``postgres`` profile runs, reproduced with the machine's own PostgreSQL binaries:
 a throwaway cluster (``initdb``/``pg_ctl``) on a free loopback port, ``mlflow server`` on it with
-``--serve-artifacts``, ``python -m training.train --quick`` registering the champion through the
-server, and ``python -m app`` serving it. The registry rows are then read back from PostgreSQL
-itself, so a silent fallback to another store cannot pass.
+``--serve-artifacts`` and MLflow's basic auth, started by the mlflow image's own entrypoint
+(``docker/mlflow-entrypoint.sh``: it waits for the database and sets up the admin, lab and api
+accounts), ``python -m training.train --quick`` registering the champion through the server with
+the lab's account, and ``python -m app`` serving it with the API's read-only account. The
+registry rows are then read back from PostgreSQL itself, so a silent fallback to another store
+cannot pass; anonymous callers get 401 and the API's account cannot move the alias (403).
 
 Skipped when no PostgreSQL binaries are found, unless ``REQUIRE_POSTGRES=1`` (CI), where that
 fails. ``PG_BIN`` names the folder of ``initdb`` and ``pg_ctl`` if they are not on PATH or under
@@ -13,6 +16,7 @@ fails. ``PG_BIN`` names the folder of ``initdb`` and ``pg_ctl`` if they are not 
 
 from __future__ import annotations
 
+import configparser
 import glob
 import os
 import pwd
@@ -33,6 +37,8 @@ import pytest
 from tests.helpers import PROJECT_DIR, free_port, make_frame, server_process, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# MLflow checks a password with a deliberately slow hash on every request: generous on busy cores.
+AUTH_TIMEOUT = 60
 
 
 def _pg_bin() -> Path | None:
@@ -56,6 +62,23 @@ def _pg_bin() -> Path | None:
 class Postgres:
     uri: str
     dsn: dict[str, Any]
+
+
+@dataclass
+class Tracking:
+    """The server's URL and its accounts, as ``(username, password)``."""
+
+    url: str
+    admin: tuple[str, str]
+    lab: tuple[str, str]
+    api: tuple[str, str]
+
+    def env(self, account: tuple[str, str]) -> dict[str, str]:
+        """A client environment for ``account``, without any other MLFLOW_ variable."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["MLFLOW_TRACKING_URI"] = self.url
+        env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = account
+        return env
 
 
 def _unprivileged() -> dict[str, Any]:
@@ -121,25 +144,30 @@ def postgres() -> Iterator[Postgres]:
 
 
 @pytest.fixture(scope="module")
-def tracking_server(postgres: Postgres) -> Iterator[str]:
-    """``mlflow server`` on the PostgreSQL store, serving artifacts from a temporary folder."""
+def tracking_server(postgres: Postgres) -> Iterator[Tracking]:
+    """The mlflow image's entrypoint on the PostgreSQL store, artifacts in a temporary folder."""
     root = Path(tempfile.mkdtemp(prefix="santander-mlflow-"))
     port = free_port()
     log = (root / "server.log").open("wb")
+    admin_password = "admin-" + os.urandom(12).hex()
     # Output to a file: a pipe nobody reads would fill up and stall the server mid-test.
     proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", postgres.uri,
-            "--artifacts-destination", str(root / "artifacts"),
-            "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
+        # Later --host/--port win over the entrypoint's 0.0.0.0:5000 (click keeps the last).
+        ["sh", str(PROJECT_DIR / "docker" / "mlflow-entrypoint.sh"),
+         "--host", "127.0.0.1", "--port", str(port)],
         cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        # As in Dockerfile.mlflow: no job runner and its eight extra processes.
+        # As in Dockerfile.mlflow (no job runner and its eight extra processes) and the compose
+        # file; the lab's and the API's passwords are left to be generated.
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_BACKEND_STORE_URI": postgres.uri,
+            "MLFLOW_ARTIFACTS_DESTINATION": str(root / "artifacts"),
+            "MLFLOW_WORKERS": "1",
+            "MLFLOW_AUTH_DIR": str(root / "auth"),
+            "MLFLOW_CREDENTIALS_DIR": str(root / "credentials"),
+            "MLFLOW_ADMIN_PASSWORD": admin_password,
         },
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -156,18 +184,31 @@ def tracking_server(postgres: Postgres) -> Iterator[str]:
                 pass
             time.sleep(0.5)
         print(f"\nmlflow server on PostgreSQL up in {time.monotonic() - started:.0f}s")
-        yield base
+        yield Tracking(
+            url=base,
+            admin=("admin", admin_password),
+            lab=_credentials(root / "credentials" / "lab" / "credentials"),
+            api=_credentials(root / "credentials" / "api" / "credentials"),
+        )
     finally:
         stop_process(proc)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _credentials(path: Path) -> tuple[str, str]:
+    """(username, password) from an MLflow credentials file, read as MLflow's client reads it."""
+    config = configparser.ConfigParser()
+    config.read(path)
+    return config["mlflow"]["mlflow_tracking_username"], config["mlflow"][
+        "mlflow_tracking_password"
+    ]
+
+
 @pytest.fixture(scope="module")
-def champion(tracking_server: str) -> str:
-    """Train and register through the server, as a team member would with the shared server."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_TRACKING_URI"] = tracking_server
+def champion(tracking_server: Tracking) -> Tracking:
+    """Train and register through the server with the lab's account, as the lab would."""
+    env = tracking_server.env(tracking_server.lab)
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "training.train", "--quick"],
@@ -178,7 +219,55 @@ def champion(tracking_server: str) -> str:
     return tracking_server
 
 
-def test_registry_lives_in_postgres(postgres: Postgres, champion: str) -> None:
+def test_registry_refuses_anonymous_callers_and_api_writes(champion: Tracking) -> None:
+    rest = champion.url + "/api/2.0/mlflow/registered-models/"
+    alias = {"name": "santander", "alias": "champion", "version": "1"}
+    assert httpx.get(rest + "search", timeout=AUTH_TIMEOUT).status_code == 401
+    assert httpx.post(rest + "alias", json=alias, timeout=AUTH_TIMEOUT).status_code == 401
+    assert httpx.get(rest + "search", auth=champion.api, timeout=AUTH_TIMEOUT).status_code == 200
+    assert (
+        httpx.post(rest + "alias", json=alias, auth=champion.api, timeout=AUTH_TIMEOUT).status_code
+        == 403
+    )
+    assert (
+        httpx.post(rest + "alias", json=alias, auth=champion.lab, timeout=AUTH_TIMEOUT).status_code
+        == 200
+    )
+    assert champion.api[0] == "api" and champion.lab[0] == "lab"
+
+
+def test_lab_may_edit_what_others_made_and_api_may_not(champion: Tracking) -> None:
+    """A model and an experiment the lab did not create (the admin's, as from before auth)."""
+    rest = champion.url + "/api/2.0/mlflow/"
+    made = httpx.post(
+        rest + "registered-models/create",
+        json={"name": "preexisting"},
+        auth=champion.admin,
+        timeout=AUTH_TIMEOUT,
+    )
+    assert made.status_code == 200, made.text
+    update = {"name": "preexisting", "description": "edited"}
+    for account, status in ((champion.lab, 200), (champion.api, 403)):
+        r = httpx.patch(
+            rest + "registered-models/update", json=update, auth=account, timeout=AUTH_TIMEOUT
+        )
+        assert r.status_code == status, (account[0], r.text)
+        run = httpx.post(
+            rest + "runs/create", json={"experiment_id": "0"}, auth=account, timeout=AUTH_TIMEOUT
+        )
+        assert run.status_code == status, (account[0], run.text)
+    # EDIT, not MANAGE: the lab may not delete what it did not create.
+    gone = httpx.request(
+        "DELETE",
+        rest + "registered-models/delete",
+        json={"name": "preexisting"},
+        auth=champion.lab,
+        timeout=AUTH_TIMEOUT,
+    )
+    assert gone.status_code == 403, gone.text
+
+
+def test_registry_lives_in_postgres(postgres: Postgres, champion: Tracking) -> None:
     import psycopg2
 
     conn = psycopg2.connect(dbname="mlflow", **postgres.dsn)
@@ -198,12 +287,12 @@ def test_registry_lives_in_postgres(postgres: Postgres, champion: str) -> None:
     assert runs >= 1
 
 
-def test_api_serves_the_champion_from_postgres(champion: str) -> None:
+def test_api_serves_the_champion_from_postgres(champion: Tracking) -> None:
     import mlflow
 
     frame, _ = make_frame(25, seed=11)
     body = {"dataframe_split": {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}}
-    env = {"MLFLOW_TRACKING_URI": champion, "MODEL_LOAD_RETRY": "false"}
+    env = {**champion.env(champion.api), "MODEL_LOAD_RETRY": "false"}
     with server_process(
         [sys.executable, "-m", "app", "--model-uri", "models:/santander@champion",
          "--host", "127.0.0.1", "--port", "{port}"],
@@ -215,13 +304,16 @@ def test_api_serves_the_champion_from_postgres(champion: str) -> None:
     served = r.json()["predictions"]
 
     saved = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    try:
-        mlflow.set_tracking_uri(champion)
-        mlflow.set_registry_uri(champion)
-        model = mlflow.lightgbm.load_model("models:/santander@champion")
-    finally:
-        mlflow.set_tracking_uri(saved[0])
-        mlflow.set_registry_uri(saved[1])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", champion.api[0])
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", champion.api[1])
+        try:
+            mlflow.set_tracking_uri(champion.url)
+            mlflow.set_registry_uri(champion.url)
+            model = mlflow.lightgbm.load_model("models:/santander@champion")
+        finally:
+            mlflow.set_tracking_uri(saved[0])
+            mlflow.set_registry_uri(saved[1])
     if hasattr(model, "predict_proba"):
         expected = model.predict_proba(frame)[:, 1]
     else:
