@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from app.admission import InFlight
 from app.config import Settings
+from app.limits import Admission
 from app.model_holder import ModelHolder
 from app.observability import Metrics
 
@@ -27,6 +28,11 @@ def _metrics(request: Request) -> Metrics:
     return metrics
 
 
+def _admission(request: Request) -> Admission:
+    admission: Admission = request.app.state.admission
+    return admission
+
+
 def _in_flight(request: Request) -> InFlight:
     in_flight: InFlight = request.app.state.in_flight
     return in_flight
@@ -36,3 +42,4 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 HolderDep = Annotated[ModelHolder, Depends(_holder)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 InFlightDep = Annotated[InFlight, Depends(_in_flight)]
+AdmissionDep = Annotated[Admission, Depends(_admission)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.dataplane import read_body, score_admitted
-from app.deps import HolderDep, InFlightDep, MetricsDep, SettingsDep
+from app.dataplane import read_body, reserve_memory, score_admitted
+from app.deps import AdmissionDep, HolderDep, InFlightDep, MetricsDep, SettingsDep
 from app.schemas import ErrorBody, Predictions
 from scoring.contract.decode import check_media_type
 from scoring.contract.models import invocations_openapi
@@ -30,19 +30,40 @@ router = APIRouter(tags=["scoring"])
 )
 async def invocations(
     request: Request,
+    *,
     settings: SettingsDep,
     holder: HolderDep,
     metrics: MetricsDep,
     in_flight: InFlightDep,
+    admission: AdmissionDep,
 ) -> Response:
     """Score rows: P(target = 1) for each, in input order."""
     content_type = request.headers.get("content-type")
-    check_media_type(content_type)
+    kind = check_media_type(content_type)
     model = holder.require()
-    body = await read_body(request, settings)
+    # Bodies arriving, then memory, then (once the body is in) a scoring slot.
+    with admission.body_reads.enter():
+        reservation = await reserve_memory(request, kind, settings, admission.memory)
+        try:
+            body = await read_body(request, settings, metrics, reservation)
+        except BaseException:
+            reservation.release()
+            raise
     request.state.model_version = model.version
-    content, rows = await score_admitted(
-        body, content_type, model, settings, metrics, in_flight=in_flight
-    )
+    try:
+        content, rows = await score_admitted(
+            body,
+            content_type,
+            model,
+            settings,
+            metrics,
+            in_flight=in_flight,
+            reservation=reservation,
+            limiter=admission.limiter,
+        )
+    finally:
+        del body
+        if not reservation.handed_over:
+            reservation.release()
     request.state.rows = rows
     return Response(content, media_type="application/json")
