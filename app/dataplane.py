@@ -16,6 +16,7 @@ from app.admission import InFlight
 from app.config import Settings
 from app.limits import (
     CHUNKED_STEP,
+    DECODED_COPIES,
     PER_REQUEST_BYTES,
     MemoryBudget,
     Reservation,
@@ -80,6 +81,23 @@ async def read_body(
             f"the body did not arrive within {settings.body_timeout_seconds:g}s"
         ) from None
     return b"".join(chunks)
+
+
+def reserve_decoded(body: bytes, kind: str, reservation: Reservation) -> None:
+    """Parquet is compressed: a small body may decode into a big matrix. Its footer says how
+    many rows and columns it holds; reserve for those (503 when there is no room)."""
+    if format_of(kind) != "parquet":
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(pa.BufferReader(body))
+    except (pa.ArrowException, OSError, ValueError):
+        return  # not Parquet after all: the parser says so
+    decoded = meta.num_rows * meta.num_columns * 8 * DECODED_COPIES
+    if decoded > reservation.nbytes:
+        reservation.grow(decoded - reservation.nbytes)
 
 
 def _declared_size(request: Request) -> int | None:

@@ -42,6 +42,8 @@ log = logging.getLogger("app.limits")
 MIB = 1024 * 1024
 # Peak parse memory per body byte, over the body itself (see the table above).
 PARSE_FACTOR = {"json": 11.0, "csv": 6.5, "parquet": 5.0, "arrow": 0.5}
+# Parquet decodes to columns, then the matrix: reserved by rows x columns from its footer.
+DECODED_COPIES = 3
 PER_REQUEST_BYTES = 64 * 1024  # the request's own objects, the answer, LightGBM's buffers
 HEADROOM = 0.1  # of the limit, for allocator slack and what the estimate misses
 CHUNKED_STEP = 1 * MIB  # a body without Content-Length is reserved in steps as it arrives

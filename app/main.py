@@ -173,9 +173,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
         headers = {"Retry-After": "5"} if exc.status_code == 503 else None
-        if exc.status_code in (408, 413):
+        if exc.status_code in (408, 413, 503) and request.url.path == "/invocations":
             # The body may still be arriving: end the connection rather than read on.
-            headers = {"Connection": "close"}
+            headers = {**(headers or {}), "Connection": "close"}
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.dataplane import read_body, reserve_memory, score_admitted
+from app.dataplane import read_body, reserve_decoded, reserve_memory, score_admitted
 from app.deps import AdmissionDep, HolderDep, InFlightDep, MetricsDep, SettingsDep
 from app.schemas import ErrorBody, Predictions
 from scoring.contract.decode import check_media_type
@@ -46,6 +46,7 @@ async def invocations(
         reservation = await reserve_memory(request, kind, settings, admission.memory)
         try:
             body = await read_body(request, settings, metrics, reservation)
+            reserve_decoded(body, kind, reservation)
         except BaseException:
             reservation.release()
             raise
