@@ -130,6 +130,10 @@ def test_a_burst_of_big_bodies_stays_within_the_memory_limit(booster_model: Logg
         metrics = httpx.get(f"{base}/metrics").text
 
     statuses = [r.status_code for r in answers]
+    print(  # the figures, for `pytest -s`
+        f"burst: {statuses.count(200)} x 200, {statuses.count(503)} x 503, {len(small)} one-row "
+        f"requests meanwhile; RSS idle {idle:.0f} MB, peak {peak[0]:.0f} MB"
+    )
     assert set(statuses) <= {200, 503}, statuses
     assert statuses.count(200) >= 4, statuses
     for r in answers:
@@ -225,6 +229,11 @@ def test_one_hostile_client_cannot_starve_honest_requests(booster_model: LoggedM
         for t in threads:
             t.join(timeout=30)
 
+    print(  # the figures, for `pytest -s`
+        f"hostile: sockets {before_sockets} -> {during_sockets} -> {after_sockets}; RSS "
+        f"{before_rss:.0f} -> {after_rss:.0f} MB; slowest honest request "
+        f"{max(took for _, took in honest):.3f}s"
+    )
     assert during_sockets > before_sockets + idle_count // 2, "the attack did not connect"
     assert [status for status, _ in honest] == [200] * 40, honest
     slowest = max(took for _, took in honest)
