@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from app.connections import protocol_name
+
     _share_between_workers(settings.workers)
 
     shown = "0.0.0.0" if args.host in ("0.0.0.0", "::") else args.host
@@ -92,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Connection limits (app.connections): the guarded protocol adds the header timeout,
+        # the send timeout and the connection cap. No limit_concurrency: it would answer 503 to
+        # health probes whenever that many connections are open, idle ones included.
+        http=protocol_name(),
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return 0
 

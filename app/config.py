@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
@@ -17,6 +18,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.auth import ApiKeys
 from scoring.loading import LoadOptions
 from scoring.model_ref import check_model_uri, normalize_model_uri
+
+MIB = 1024 * 1024
+DEFAULT_MEMORY_MB = 2048
+_NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a huge page-aligned number
+
+
+def cgroup_memory_limit(root: str = "/sys/fs/cgroup") -> int | None:
+    """The container's memory limit in bytes (cgroup v2, else v1), or ``None`` without one."""
+    for path in (f"{root}/memory.max", f"{root}/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text == "max" or not text.isdigit() or int(text) >= _NO_LIMIT:
+            return None
+        return int(text)
+    return None
 
 
 class Settings(BaseSettings):
@@ -103,6 +121,57 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=64, ge=1)
     """Scoring requests in progress per worker beyond which new ones get 503 + Retry-After."""
 
+    max_body_reads: int = Field(default=1024, ge=1)
+    """Bodies being received at once per worker beyond which new requests get 503 + Retry-After
+    (reading a body is not scoring: this is much larger than ``max_in_flight``)."""
+
+    body_min_rate_bytes_per_second: int = Field(default=10_000, ge=0)
+    """Once ``body_min_rate_grace_seconds`` have passed, a body must have arrived at this mean
+    rate or the request gets 408 at once (a trickling sender); 0: only the total timeout."""
+
+    body_min_rate_grace_seconds: float = Field(default=5.0, ge=0)
+    """How long a body may arrive at any rate before the minimum rate applies."""
+
+    memory_limit_mb: int = Field(default=0, ge=0)
+    """Memory one worker may use in all (model included); 0: the container's cgroup limit
+    divided among the workers, or 2048 per worker where there is no limit."""
+
+    memory_wait_seconds: float = Field(default=5.0, ge=0)
+    """How long a request that would exceed the memory budget waits for room; then 503."""
+
+    memory_queue: int = Field(default=64, ge=0)
+    """Requests that may wait for memory at once per worker; more get 503 at once."""
+
+    memory_small_share: float = Field(default=0.1, ge=0, lt=1)
+    """Share of the memory budget kept for small bodies (up to ``inline_body_bytes``), so
+    one-row requests are never starved by big ones."""
+
+    memory_trim: bool = True
+    """Give freed memory back to the system (glibc ``malloc_trim``) after big requests."""
+
+    malloc_arena_max: int = Field(default=2, ge=0)
+    """glibc malloc arenas per worker (``mallopt(M_ARENA_MAX)``); 0: glibc's default."""
+
+    scoring_threads: int = Field(default=0, ge=0)
+    """Threads that parse and score big bodies at once per worker; 0: the machine's cores."""
+
+    max_connections: int = Field(default=4096, ge=1)
+    """Open connections per worker; beyond it the longest-idle one is closed for the new one,
+    and with none idle the new one gets 503 and is closed (capped by the file limit)."""
+
+    keep_alive_timeout_seconds: int = Field(default=5, ge=1)
+    """An idle keep-alive connection is closed after this long."""
+
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A connection must complete its request headers within this long of opening (or of its
+    previous answer), else it is closed (header slowloris, idle connections)."""
+
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request line + headers; larger gets 431 and the connection is closed."""
+
+    send_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A client that reads none of its answer for this long is dropped (slow readers)."""
+
     reload_signal_file: str | None = None
     """A file the workers of one server share to pass on reloads (``python -m app`` sets it)."""
 
@@ -139,6 +208,15 @@ class Settings(BaseSettings):
             background=self.compile_in_background,
             allow_untrusted=self.allow_untrusted_models,
         )
+
+    def memory_limit_bytes(self) -> int:
+        """What one worker may use: ``memory_limit_mb``, else its share of the cgroup limit."""
+        if self.memory_limit_mb:
+            return self.memory_limit_mb * MIB
+        container = cgroup_memory_limit()
+        if container is None:
+            return DEFAULT_MEMORY_MB * MIB
+        return container // self.workers
 
     def threads_for(self, rows: int) -> int:
         """How many threads to score ``rows`` rows with."""

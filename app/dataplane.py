@@ -6,42 +6,123 @@ Routes stay thin (HTTP in, HTTP out); this module knows the limits, the threads 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 import orjson
+from anyio import CapacityLimiter, to_thread
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from app.admission import InFlight
 from app.config import Settings
+from app.limits import (
+    CHUNKED_STEP,
+    DECODED_COPIES,
+    PER_REQUEST_BYTES,
+    Admission,
+    MemoryBudget,
+    Reservation,
+    format_of,
+    need_bytes,
+)
 from app.observability import Metrics
 from scoring.contract.decode import parse_body
+from scoring.contract.media import media_type
 from scoring.errors import BodyTimeout, PayloadTooLarge, ScoringTimeout
 from scoring.loading import LoadedModel
 
 
-async def read_body(request: Request, settings: Settings) -> bytes:
-    """The whole body within ``body_timeout_seconds`` (else 408), refusing (413) as soon as it is
-    known to exceed ``max_body_bytes``."""
+async def read_body(
+    request: Request,
+    settings: Settings,
+    metrics: Metrics,
+    reservation: Reservation | None = None,
+) -> bytes:
+    """The whole body within ``body_timeout_seconds`` and, after a grace period, at
+    ``body_min_rate_bytes_per_second`` at least (else 408), refusing (413) as soon as it is
+    known to exceed ``max_body_bytes``. A body without ``Content-Length`` grows its memory
+    ``reservation`` as it arrives (503 when the budget has no room)."""
     limit = settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body is {int(declared)} bytes; the limit is {limit}")
+    declared = _declared_size(request)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    last = started + settings.body_timeout_seconds
+    rate = settings.body_min_rate_bytes_per_second
+    grace = settings.body_min_rate_grace_seconds
+
+    def deadline(received: int) -> float:
+        # Received bytes buy time at the minimum rate, after the grace period.
+        return min(last, started + max(grace, received / rate)) if rate else last
+
     chunks: list[bytes] = []
     size = 0
+    covered = declared if declared is not None else 0
     try:
         # asyncio.timeout, not wait_for: no extra task per request on the hot path.
-        async with asyncio.timeout(settings.body_timeout_seconds):
+        async with asyncio.timeout_at(deadline(0)) as timer:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+                if reservation is not None and size > covered:
+                    step = max(CHUNKED_STEP, size - covered)
+                    reservation.grow(need_bytes(reservation.kind, step) - PER_REQUEST_BYTES)
+                    covered += step
                 chunks.append(chunk)
+                timer.reschedule(deadline(size))
     except TimeoutError:
+        if loop.time() < last - 0.05:
+            metrics.bodies_cut.labels("too_slow").inc()
+            raise BodyTimeout(
+                f"the body arrived at {size / max(loop.time() - started, 1e-9):.0f} bytes/s; "
+                f"the minimum is {rate} bytes/s"
+            ) from None
+        metrics.bodies_cut.labels("timeout").inc()
         raise BodyTimeout(
             f"the body did not arrive within {settings.body_timeout_seconds:g}s"
         ) from None
     return b"".join(chunks)
+
+
+def reserve_decoded(body: bytes, kind: str, reservation: Reservation) -> None:
+    """Parquet is compressed: a small body may decode into a big matrix. Its footer says how
+    many rows and columns it holds; reserve for those (503 when there is no room)."""
+    if format_of(kind) != "parquet":
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(pa.BufferReader(body))
+    except (pa.ArrowException, OSError, ValueError):
+        return  # not Parquet after all: the parser says so
+    decoded = meta.num_rows * meta.num_columns * 8 * DECODED_COPIES
+    if decoded > reservation.nbytes:
+        reservation.grow(decoded - reservation.nbytes)
+
+
+def _declared_size(request: Request) -> int | None:
+    declared = request.headers.get("content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
+
+
+async def reserve_memory(
+    request: Request, kind: str, settings: Settings, budget: MemoryBudget
+) -> Reservation:
+    """Reserve what this request will need by its declared size (or a first step of a body
+    without one), waiting briefly for room; 503 (or 413) when there is none."""
+    declared = _declared_size(request)
+    if declared is not None and declared > settings.max_body_bytes:
+        raise PayloadTooLarge(
+            f"the body is {declared} bytes; the limit is {settings.max_body_bytes}"
+        )
+    fmt = format_of(kind)
+    size = declared if declared is not None else 0
+    reservation = await budget.reserve(need_bytes(fmt, size))
+    reservation.kind = fmt
+    return reservation
 
 
 def score(
@@ -60,6 +141,51 @@ def score(
     return content, len(x)
 
 
+Work = Callable[[bytes, str | None, LoadedModel, Settings, Metrics], tuple[bytes, int]]
+"""What a scoring route does with a body once it is in: the answer's bytes and the row count."""
+
+
+async def handle(
+    request: Request,
+    model: LoadedModel,
+    *,
+    settings: Settings,
+    metrics: Metrics,
+    in_flight: InFlight,
+    admission: Admission,
+    work: Work = score,
+) -> tuple[bytes, int]:
+    """The one path of every scoring route: admit the body (a body-read place, then memory),
+    read it, then run ``work`` within a scoring slot (``score_admitted``)."""
+    content_type = request.headers.get("content-type")
+    kind = media_type(content_type)
+    # Bodies arriving, then memory, then (once the body is in) a scoring slot.
+    with admission.body_reads.enter():
+        reservation = await reserve_memory(request, kind, settings, admission.memory)
+        try:
+            body = await read_body(request, settings, metrics, reservation)
+            reserve_decoded(body, kind, reservation)
+        except BaseException:
+            reservation.release()
+            raise
+    try:
+        return await score_admitted(
+            body,
+            content_type,
+            model,
+            settings,
+            metrics,
+            in_flight=in_flight,
+            reservation=reservation,
+            limiter=admission.limiter,
+            work=work,
+        )
+    finally:
+        del body
+        if not reservation.handed_over:
+            reservation.release()
+
+
 async def score_admitted(
     body: bytes,
     content_type: str | None,
@@ -68,19 +194,25 @@ async def score_admitted(
     metrics: Metrics,
     *,
     in_flight: InFlight,
+    reservation: Reservation | None = None,
+    limiter: CapacityLimiter | None = None,
+    work: Work = score,
 ) -> tuple[bytes, int]:
-    """``score`` within a scoring slot: small bodies on the loop, big ones in a thread, under
-    ``request_timeout_seconds`` (504; the slot stays taken until the work really ends)."""
+    """``work`` (default ``score``) within a scoring slot: small bodies on the loop, big ones in
+    a thread (at most ``limiter``'s at once), under ``request_timeout_seconds`` (504; the slot and
+    the memory reservation stay taken until the work really ends)."""
     with in_flight.slot() as slot:
         if len(body) <= settings.inline_body_bytes:
             # Small bodies cost less than a thread hop: score them right here.
-            return score(body, content_type, model, settings, metrics)
-        work = asyncio.ensure_future(
-            run_in_threadpool(score, body, content_type, model, settings, metrics)
+            return work(body, content_type, model, settings, metrics)
+        task = asyncio.ensure_future(
+            to_thread.run_sync(work, body, content_type, model, settings, metrics, limiter=limiter)
         )
-        slot.release_when_done(work)
+        slot.release_when_done(task)
+        if reservation is not None:
+            reservation.release_when_done(task)
         try:
-            return await asyncio.wait_for(asyncio.shield(work), settings.request_timeout_seconds)
+            return await asyncio.wait_for(asyncio.shield(task), settings.request_timeout_seconds)
         except TimeoutError:
             raise ScoringTimeout(
                 f"scoring took longer than {settings.request_timeout_seconds:g}s"

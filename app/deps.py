@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from app.admission import InFlight
 from app.auth import ApiKeys
 from app.config import Settings
+from app.limits import Admission
 from app.model_holder import ModelHolder
 from app.observability import Metrics
 from scoring.errors import Unauthorized
@@ -33,6 +34,11 @@ def _holder(request: Request) -> ModelHolder:
 def _metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
+
+
+def _admission(request: Request) -> Admission:
+    admission: Admission = request.app.state.admission
+    return admission
 
 
 def _in_flight(request: Request) -> InFlight:
@@ -72,3 +78,4 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 HolderDep = Annotated[ModelHolder, Depends(_holder)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 InFlightDep = Annotated[InFlight, Depends(_in_flight)]
+AdmissionDep = Annotated[Admission, Depends(_admission)]

@@ -22,6 +22,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.admission import InFlight
 from app.config import Settings, get_settings
+from app.connections import guard_connections
+from app.limits import Admission, limit_arenas
 from app.model_holder import ModelHolder
 from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
 from app.routes import admin, health, invocations, model
@@ -62,6 +64,8 @@ def create_app(
             holder.current = LoadedModel(predictor=predictor, uri=settings.model_uri or "memory")
     holder.on_swap.append(lambda new, old: _record_swap(metrics, new, old))
     holder.on_failure.append(lambda cause: metrics.load_failures.inc())
+    admission = Admission(settings, metrics)
+    holder.on_swap.append(lambda new, old: admission.memory.remeasure())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,6 +80,7 @@ def create_app(
                 await run_in_threadpool(holder.load)
         else:
             _record_swap(metrics, holder.current, None)
+        admission.start()
         if settings.model_poll_seconds > 0:
             tasks.append(asyncio.create_task(holder.poll(settings.model_poll_seconds)))
         if holder.signal_file is not None:
@@ -106,6 +111,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.in_flight = InFlight(settings.max_in_flight, metrics)
     app.state.api_keys = settings.api_key_set()
+    app.state.admission = admission
     app.include_router(invocations.router)
     app.include_router(health.router)
     app.include_router(model.router)
@@ -141,7 +147,11 @@ def serve_app() -> FastAPI:
     """The factory uvicorn runs in each worker: logging as configured, then the app."""
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
-    return create_app(settings)
+    # Fewer arenas: each thread that mallocs may otherwise get its own, kept after a burst.
+    limit_arenas(settings.malloc_arena_max)
+    app = create_app(settings)
+    guard_connections(settings, app.state.metrics)
+    return app
 
 
 def _labels(model: LoadedModel) -> tuple[str, str, str, str]:
@@ -165,6 +175,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
         headers = _ERROR_HEADERS.get(exc.status_code)
+        if exc.status_code in (408, 413, 503) and request.method == "POST":
+            # The body may still be arriving: end the connection rather than read on.
+            headers = {**(headers or {}), "Connection": "close"}
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -131,6 +131,52 @@ class Metrics:
             **kw,
         )
         self.shed = Counter("requests_shed_total", "Requests refused with 503 (overload)", **kw)
+        # Limits (app.limits, app.connections): what each one refused or cut.
+        self.body_reads_shed = Counter(
+            "body_reads_shed_total", "Requests refused (503): too many bodies arriving", **kw
+        )
+        self.bodies_cut = Counter(
+            "request_bodies_cut_total",
+            "Bodies cut off with 408: timeout (total time) or too_slow (under the minimum rate)",
+            ["reason"],
+            **kw,
+        )
+        self.memory_waits = Counter(
+            "memory_waits_total", "Requests that waited for room in the memory budget", **kw
+        )
+        self.memory_shed = Counter(
+            "memory_shed_total", "Requests refused (503): not enough memory budget in time", **kw
+        )
+        self.memory_limit = Gauge(
+            "memory_limit_bytes", "Memory a worker may use", multiprocess_mode="livesum", **kw
+        )
+        self.memory_budget = Gauge(
+            "memory_budget_bytes",
+            "Memory a worker may spend on requests now (its limit less its idle use)",
+            multiprocess_mode="livesum",
+            **kw,
+        )
+        self.memory_reserved = Gauge(
+            "memory_reserved_bytes",
+            "Memory reserved by requests in progress",
+            multiprocess_mode="livesum",
+            **kw,
+        )
+        self.connections_open = Gauge(
+            "connections_open", "Open client connections", multiprocess_mode="livesum", **kw
+        )
+        self.connections_refused = Counter(
+            "connections_refused_total",
+            "Connections refused (503, closed): at MAX_CONNECTIONS with none idle to close",
+            **kw,
+        )
+        self.connections_closed = Counter(
+            "connections_closed_total",
+            "Connections closed by a limit: header_timeout, header_too_large, idle_evicted "
+            "(closed for a new one at MAX_CONNECTIONS), slow_reader (answer unread)",
+            ["reason"],
+            **kw,
+        )
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from app.dataplane import read_body, score_admitted
-from app.deps import HolderDep, InFlightDep, MetricsDep, ScoringAuth, SettingsDep
+from app.dataplane import handle
+from app.deps import AdmissionDep, HolderDep, InFlightDep, MetricsDep, ScoringAuth, SettingsDep
 from app.schemas import ErrorBody, Predictions
 from scoring.contract.decode import check_media_type
 from scoring.contract.models import invocations_openapi
@@ -31,19 +31,24 @@ router = APIRouter(tags=["scoring"], dependencies=[ScoringAuth])
 )
 async def invocations(
     request: Request,
+    *,
     settings: SettingsDep,
     holder: HolderDep,
     metrics: MetricsDep,
     in_flight: InFlightDep,
+    admission: AdmissionDep,
 ) -> Response:
     """Score rows: P(target = 1) for each, in input order."""
-    content_type = request.headers.get("content-type")
-    check_media_type(content_type)
+    check_media_type(request.headers.get("content-type"))
     model = holder.require()
-    body = await read_body(request, settings)
     request.state.model_version = model.version
-    content, rows = await score_admitted(
-        body, content_type, model, settings, metrics, in_flight=in_flight
+    content, rows = await handle(
+        request,
+        model,
+        settings=settings,
+        metrics=metrics,
+        in_flight=in_flight,
+        admission=admission,
     )
     request.state.rows = rows
     return Response(content, media_type="application/json")

@@ -45,6 +45,7 @@ from scoring.errors import (
 
 CSV_NULLS = ["", "null", "NaN", "nan", "NA"]  # CSV cells read as missing values
 FAST_PATH_BYTES = 32 * 1024
+REUSED_PARSER_BYTES = 1024 * 1024
 SPLIT_KEYS = {"columns", "index", "data"}
 
 _local = threading.local()
@@ -360,11 +361,19 @@ def check_finite(x: np.ndarray, columns: Sequence[str], what: str = "row") -> No
 # --- the fast path for big split bodies --------------------------------------------------
 
 
-def _parser() -> Any:
+def _parser(size: int) -> Any:
+    """A simdjson parser for a body of ``size`` bytes.
+
+    A parser keeps the capacity of the largest document it parsed (about 4x its size) for
+    good, so only bodies up to ``REUSED_PARSER_BYTES`` share a thread's parser; a bigger one
+    gets its own, freed with its document.
+    """
+    import simdjson
+
+    if size > REUSED_PARSER_BYTES:
+        return simdjson.Parser()
     parser = getattr(_local, "parser", None)
     if parser is None:
-        import simdjson
-
         parser = _local.parser = simdjson.Parser()
     return parser
 
@@ -378,7 +387,7 @@ def _fast_split(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarr
     import simdjson
 
     try:
-        doc: Any = _parser().parse(body)
+        doc: Any = _parser(len(body)).parse(body)
         if not isinstance(doc, simdjson.Object):
             return None
         keys = list(doc.keys())
