@@ -37,8 +37,10 @@ from urllib.parse import urlparse
 import mlflow
 import numpy as np
 import optuna
+from lightgbm.basic import LightGBMError
 from mlflow.exceptions import MlflowException
 from optuna.trial import FrozenTrial, TrialState
+from optuna_integration import LightGBMPruningCallback
 
 from training.config import (
     DEFAULT,
@@ -189,8 +191,6 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Run ``trial`` and return its mean CV AUC (raises ``TrialPruned`` when pruned)."""
-        from optuna_integration import LightGBMPruningCallback
-
         s = self.settings
         train_rows = len(self.y) * (s.folds - 1) // s.folds
         suggested = suggest(trial, self.tune.families, s.preset == "quick", train_rows)
@@ -440,7 +440,8 @@ def tune(settings: TuneSettings) -> str:
             n_trials=settings.trials,
             timeout=settings.timeout,
             callbacks=[progress],
-            catch=(),
+            # A configuration LightGBM rejects fails its trial (child run FAILED), not the study.
+            catch=(LightGBMError,),
         )
         best = log_study(study)
     if best is not None:
