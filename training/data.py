@@ -34,10 +34,12 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from scipy.stats import norm
 
+from scoring.features import SANTANDER_FEATURES
+
 ID = "ID_code"
 TARGET = "target"
-N_FEATURES = 200
-FEATURES = [f"var_{i}" for i in range(N_FEATURES)]
+FEATURES = list(SANTANDER_FEATURES)  # the feature schema is defined once, in the core
+N_FEATURES = len(FEATURES)
 COLUMNS = [ID, TARGET, *FEATURES]
 
 POSITIVE_RATE = 0.1005

@@ -6,7 +6,7 @@
 and then walks the same line as the single-machine path::
 
     folds by a hash of ID_code -> K x DaskLGBMClassifier(eval_set=valid fold) -> best round
-    -> DaskLGBMClassifier on all rows -> train.log_and_register -> promote
+    -> DaskLGBMClassifier on all rows -> tracking.publish (log, register, promote)
 
 Only what the MLflow run and its figures need comes back to the client: the id, target and
 out-of-fold probability of each row (three numbers a row, not 200). The workers get their rows and
@@ -28,31 +28,26 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.data.pandas_dataset import from_pandas
 from sklearn.metrics import roc_auc_score
 
+# The one place training reaches the Dask client helper.
 from batch.cluster import dask_client
-from scoring.tracking import configure_tracking, ensure_experiment
+from training.config import DEFAULT_ROWS, Settings
 from training.data import FEATURES, ID, TARGET, check_frame, synthesize
-from training.promote import promote
-from training.train import (
-    DEFAULT,
-    CVResult,
+from training.modelling import CVResult, family_params
+from training.progress import say
+from training.tracking import (
     LoggedRun,
-    Settings,
     TrainingData,
-    dataset_schema,
-    default_params,
-    log_and_register,
-    say,
+    mlflow_dataset,
+    open_experiment,
+    publish,
+    synthetic_source,
 )
 
 AUC_TOLERANCE = 0.01
@@ -75,13 +70,12 @@ def read_frame(
     import dask.dataframe as dd
 
     if settings.data is None:
-        n = settings.rows or DEFAULT.rows or 200_000
+        n = settings.rows or DEFAULT_ROWS
         frame = dd.from_pandas(  # type: ignore[no-untyped-call]
             synthesize(n, settings.seed), npartitions=partitions, sort=False
         )
-        source = f"synthetic (training.data.synthesize, rows={n}, seed={settings.seed})"
-        tags = {"generator": "training.data.synthesize", "rows": str(n), "seed": str(settings.seed)}
-        return frame, source, CodeDatasetSource(tags=tags)
+        source, dataset_source, _ = synthetic_source(n, settings.seed)
+        return frame, source, dataset_source
     dtype: dict[str, Any] = {ID: str, TARGET: "int64", **dict.fromkeys(FEATURES, "f8")}
     is_url = "://" in str(settings.data) and not str(settings.data).startswith("file://")
     path = str(settings.data) if is_url else str(Path(settings.data).resolve())
@@ -166,10 +160,8 @@ def run_distributed(settings: Settings, scheduler: str = "local", workers: int =
         Where the run landed.
     """
     start = time.monotonic()
-    uri = configure_tracking()
-    experiment_id = ensure_experiment(settings.experiment)
-    say(f"MLflow store: {uri} (experiment {settings.experiment!r})")
-    params = default_params(settings.seed, settings.learning_rate)
+    experiment_id = open_experiment(settings.experiment)
+    params = family_params(settings.model, settings.seed, settings.learning_rate)
     # lightgbm.dask gives each worker the threads its Dask worker has, and warns if told.
     params.pop("num_threads")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
@@ -187,16 +179,10 @@ def run_distributed(settings: Settings, scheduler: str = "local", workers: int =
         example = frame.head(1000)
     # The run records the rows in the order their out-of-fold scores came back.
     y = oof[TARGET].to_numpy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        # Digest and schema of a sample: the whole table never comes to this machine.
-        dataset = from_pandas(example, source=dataset_source, targets=TARGET, name="dask-train")
-    dataset.__dict__["schema"] = dataset_schema(example)
+    # Digest and schema of a sample: the whole table never comes to this machine.
+    dataset = mlflow_dataset(example, dataset_source, name="dask-train")
     data = TrainingData(frame=example, X=example[FEATURES], y=y, source=source, dataset=dataset)
     params = {**params, "dask_workers": n_workers, "dask_scheduler": scheduler}
-    logged = log_and_register(data, params, cv, booster, settings, experiment_id=experiment_id)
-    say(f"logged run {logged.run_id} ({logged.model_uri})")
-    if logged.name and logged.version:
-        promote(mlflow.MlflowClient(), logged.name, logged.version, cv.mean_auc, settings.promote)
+    logged = publish(data, params, cv, booster, settings, experiment_id=experiment_id)
     say(f"done in {time.monotonic() - start:.0f}s")
     return logged

@@ -1,4 +1,4 @@
-"""Execute the three notebooks headless with small data; a cell that raises fails the test.
+"""Execute the four notebooks headless with small data; a cell that raises fails the test.
 
 The notebooks check their own claims (conclusions, run comparisons, served-vs-in-process
 predictions) with assertions, so running them is the test; these tests add what only the
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 EXPLORE = "01_explore_data.ipynb"
 TRAIN = "02_train_and_track.ipynb"
 API = "03_call_the_api.ipynb"
+TUNE = "04_tune.ipynb"
 # The explore notebook's conclusions are checked against chance levels; 20,000 rows are enough
 # for them to hold and still take seconds.
 EXPLORE_ROWS = 20_000
@@ -132,3 +133,42 @@ def test_call_the_api_fails_when_the_served_model_differs(
         )
     assert failure.value.ename == "AssertionError"
     assert "Not equal to tolerance" in failure.value.evalue
+
+
+def test_tune(run_notebook: RunNotebook, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment_id = client.create_experiment(
+        "nb-tune", artifact_location=(store / "artifacts").as_uri()
+    )
+
+    notebook = run_notebook(
+        TUNE,
+        tracking_uri=uri,
+        experiment="nb-tune",
+        model_name="nb-tuned",
+        data_file=str(tmp_path / "absent.csv"),
+        rows=3_000,
+        folds=2,
+        num_boost_round=60,
+        early_stopping_rounds=20,
+        trials=4,
+    )
+
+    assert (store / "optuna.db").is_file()  # the default storage: beside the MLflow store
+    (parent,) = client.search_runs([experiment_id], "tags.`tune.role` = 'study'")
+    children = client.search_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == 4
+    champion = client.get_model_version_by_alias("nb-tuned", "champion")
+    assert parent.data.tags["tune.registered_run_id"] == champion.run_id
+    winner = client.get_run(champion.run_id).data
+    assert winner.params["model_family"] == parent.data.tags["best.model"]
+    text = "".join(outputs(notebook, "stream"))
+    assert f"parent run {parent.info.run_id}: 4 trials" in text
+    assert "registered nb-tuned v1" in text
+    assert len(outputs(notebook, "image/png")) == 1
+    assert "the study in the MLflow UI" in "".join(outputs(notebook, "text/markdown"))
