@@ -18,7 +18,6 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.admission import InFlight
@@ -72,12 +71,12 @@ def create_app(
                 )
             else:
                 # Fails start-up with one line naming the URI and the cause.
-                await run_in_threadpool(holder.load)
+                await holder.reload(force=True)
         else:
             _record_swap(metrics, holder.current, None)
         if settings.model_poll_seconds > 0:
             tasks.append(asyncio.create_task(holder.poll(settings.model_poll_seconds)))
-        if holder.signal_file is not None:
+        if holder.signal is not None:
             tasks.append(asyncio.create_task(holder.follow_reloads()))
         try:
             yield

@@ -6,7 +6,6 @@ import hmac
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from app.deps import HolderDep, SettingsDep
 from app.schemas import ErrorBody
@@ -33,10 +32,11 @@ router = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(_
 )
 async def reload(holder: HolderDep, force: bool = False) -> dict[str, Any]:
     """Re-resolve MODEL_URI; load and swap atomically if it moved (or ``force``)."""
+    # Tell the other workers first, so that they load side by side with this one.
+    await holder.announce_reload()
     try:
-        swapped = await run_in_threadpool(holder.reload, force)
+        swapped = await holder.reload(force)
     except ModelLoadError as exc:
         raise ReloadFailed(f"{exc}; still serving the previous model") from None
-    holder.announce_reload()
     model = holder.require()
     return {"status": "reloaded" if swapped else "unchanged", "model": model.describe()}

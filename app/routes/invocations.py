@@ -45,4 +45,6 @@ async def invocations(
         body, content_type, model, settings, metrics, in_flight=in_flight
     )
     request.state.rows = rows
-    return Response(content, media_type="application/json")
+    # Which model answered: a caller (or a test) can match every answer to its version.
+    headers = {"X-Model-Version": model.label.encode("ascii", "replace").decode()}
+    return Response(content, media_type="application/json", headers=headers)
