@@ -154,6 +154,7 @@ class ModelHolder:
         uri: str | None,
         loader: Loader = load_model,
         resolver: Resolver = resolve_fingerprint,
+        *,
         signal_file: str | Path | None = None,
         clock: Clock | None = None,
         role: str = "champion",

@@ -149,6 +149,29 @@ def render(r: dict[str, Any]) -> str:
         f"{_fmt(_get(r, 'ours', 'check_max_abs_diff'))}.",
         "",
     ]
+    if "swaps" in r:
+        lines += [render_swaps(r), ""]
+    return "\n".join(lines)
+
+
+def render_swaps(r: dict[str, Any]) -> str:
+    """Resident memory with a cold compile cache and across model swaps (this service)."""
+    s = r.get("swaps", {})
+    n = s.get("swaps", 10)
+    growth = _get(r, "swaps", "growth_after_swaps")
+    lines = [
+        f"**Resident memory across model swaps** (this service, RSS of the process tree, MB; "
+        f"each swap a forced `/admin/reload`; backend {s.get('backend_cold', '?')} at ready, "
+        f"{s.get('backend_after_swaps', '?')} after)",
+        "",
+        "| ready, cold compile cache | after the first swap | after "
+        f"{n} swaps | {n} swaps ÷ first | target | holds |",
+        "| ---: | ---: | ---: | ---: | --- | --- |",
+        f"| {_fmt(_get(r, 'swaps', 'rss_cold_mb'))} "
+        f"| {_fmt(_get(r, 'swaps', 'rss_first_swap_mb'))} "
+        f"| {_fmt(_get(r, 'swaps', 'rss_after_swaps_mb'))} | {_fmt(growth)} | ≤ 1.2x | "
+        f"{_verdict(growth, 1.2, False)} |",
+    ]
     return "\n".join(lines)
 
 

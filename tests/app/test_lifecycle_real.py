@@ -71,7 +71,9 @@ def test_an_alias_moved_during_the_download_names_the_version_whose_trees_serve(
     np.testing.assert_allclose(got, moving["expected"][moving["v1"]], rtol=0, atol=1e-9)
     # What polling compares must name v1 too, or this worker would never reload to v2.
     assert loaded.version == moving["v1"]
-    assert loaded.fingerprint is not None and loaded.fingerprint.startswith(f"{name}/{moving['v1']}:")
+    assert loaded.fingerprint is not None and loaded.fingerprint.startswith(
+        f"{name}/{moving['v1']}:"
+    )
 
 
 def test_swapped_out_models_free_their_booster_and_compiled_forest(

@@ -239,7 +239,7 @@ def test_two_workers_follow_one_signal(tmp_path: Path) -> None:
             registry.alias = target
             await a.announce_reload()
             assert await a.reload() is True
-            await until(lambda: version(b) == target, f"b to follow to v{target}")
+            await until(lambda t=target: version(b) == t, f"b to follow to v{target}")
         # Two announces in a row (no time to see the first): b still ends on the last version.
         registry.alias = "4"
         await a.announce_reload()
