@@ -25,7 +25,8 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
         pytest.skip("wrk is not installed and cannot be installed here")
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", *TINY, "--repeats", "1", "--no-lightgbm-run", "--swaps", "2",
+        [sys.executable, "-m", "bench.run", *TINY, "--repeats", "1", "--no-lightgbm-run",
+         "--swaps", "2",
          "--out", str(out), "--cache", str(tmp_path / "cache")],
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=230, check=False,
     )  # fmt: skip
@@ -43,7 +44,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert results["floor"]["lightgbm_all_s"] > 0
     swaps = results["swaps"]
     assert swaps["swaps"] == 2 and swaps["backend_after_swaps"] == "lleaves"
-    assert 0 < swaps["rss_cold_mb"] and 0 < swaps["rss_after_swaps_mb"]
+    assert swaps["rss_cold_mb"] > 0 and swaps["rss_after_swaps_mb"] > 0
 
     table = (out / "latest.md").read_text()
     assert "| 1 row, 1 connection: p50 latency (ms) |" in table
