@@ -6,6 +6,8 @@ Routes stay thin (HTTP in, HTTP out); this module knows the limits, the threads 
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -44,20 +46,45 @@ async def read_body(request: Request, settings: Settings) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One scored body: the JSON answer, and the rows and probabilities (for shadow scoring)."""
+
+    content: bytes
+    x: np.ndarray
+    predictions: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return len(self.x)
+
+
+def model_labels(model: LoadedModel, role: str) -> tuple[str, str, str]:
+    """(name, version, role) of a model for the per-model metrics."""
+    name = model.registered_name or (f"runs/{model.run_id}" if model.run_id else model.uri)
+    return name, model.version or "", role
+
+
 def score(
     body: bytes,
     content_type: str | None,
     model: LoadedModel,
     settings: Settings,
     metrics: Metrics,
-) -> tuple[bytes, int]:
-    """Parse, validate and score one body: the JSON answer as bytes, and the row count."""
+    *,
+    role: str = "champion",
+) -> Scored:
+    """Parse, validate and score one body."""
+    started = time.perf_counter()
     predictor = model.predictor
     x = parse_body(body, content_type, predictor.features, settings.max_rows)
     predictions = np.asarray(predictor.predict(x, settings.threads_for(len(x))), dtype=np.float64)
-    metrics.observe_predictions(predictions)
+    labels = model_labels(model, role)
+    metrics.observe_predictions(predictions, labels)
+    metrics.model_requests.labels(*labels).inc()
+    metrics.model_latency.labels(*labels).observe(time.perf_counter() - started)
     content = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
-    return content, len(x)
+    return Scored(content, x, predictions)
 
 
 async def score_admitted(
@@ -68,15 +95,16 @@ async def score_admitted(
     metrics: Metrics,
     *,
     in_flight: InFlight,
-) -> tuple[bytes, int]:
+    role: str = "champion",
+) -> Scored:
     """``score`` within a scoring slot: small bodies on the loop, big ones in a thread, under
     ``request_timeout_seconds`` (504; the slot stays taken until the work really ends)."""
     with in_flight.slot() as slot:
         if len(body) <= settings.inline_body_bytes:
             # Small bodies cost less than a thread hop: score them right here.
-            return score(body, content_type, model, settings, metrics)
+            return score(body, content_type, model, settings, metrics, role=role)
         work = asyncio.ensure_future(
-            run_in_threadpool(score, body, content_type, model, settings, metrics)
+            run_in_threadpool(score, body, content_type, model, settings, metrics, role=role)
         )
         slot.release_when_done(work)
         try:

@@ -22,6 +22,11 @@ def _holder(request: Request) -> ModelHolder:
     return holder
 
 
+def _challenger(request: Request) -> ModelHolder | None:
+    challenger: ModelHolder | None = request.app.state.challenger
+    return challenger
+
+
 def _metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -34,5 +39,6 @@ def _in_flight(request: Request) -> InFlight:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 HolderDep = Annotated[ModelHolder, Depends(_holder)]
+ChallengerDep = Annotated[ModelHolder | None, Depends(_challenger)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 InFlightDep = Annotated[InFlight, Depends(_in_flight)]

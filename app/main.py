@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.admission import InFlight
+from app.challenger import Shadow
 from app.config import Settings, get_settings
 from app.model_holder import ModelHolder
 from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
@@ -60,6 +61,21 @@ def create_app(
             holder.current = LoadedModel(predictor=predictor, uri=settings.model_uri or "memory")
     holder.on_swap.append(lambda new, old: _record_swap(metrics, new, old))
     holder.on_failure.append(lambda cause: metrics.load_failures.inc())
+    challenger: ModelHolder | None = None
+    shadow: Shadow | None = None
+    if settings.challenger_uri:
+        options = settings.load_options()
+        signal = settings.reload_signal_file
+        challenger = ModelHolder(
+            settings.challenger_uri,
+            loader=lambda uri: load_model(uri, options),
+            signal_file=f"{signal}.challenger" if signal else None,
+            role="challenger",
+        )
+        if settings.split_fraction is None:
+            shadow = Shadow(
+                challenger, metrics, settings.decision_threshold, settings.shadow_queue_size
+            )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +94,17 @@ def create_app(
             tasks.append(asyncio.create_task(holder.poll(settings.model_poll_seconds)))
         if holder.signal is not None:
             tasks.append(asyncio.create_task(holder.follow_reloads()))
+        if challenger is not None:
+            # Always in the background, with retries: the champion never waits for it.
+            tasks.append(
+                asyncio.create_task(challenger.load_until_ready(settings.model_retry_max_seconds))
+            )
+            if settings.model_poll_seconds > 0:
+                tasks.append(asyncio.create_task(challenger.poll(settings.model_poll_seconds)))
+            if challenger.signal is not None:
+                tasks.append(asyncio.create_task(challenger.follow_reloads()))
+        if shadow is not None:
+            tasks.append(asyncio.create_task(shadow.run()))
         try:
             yield
         finally:
@@ -101,6 +128,8 @@ def create_app(
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **meta)
     app.state.settings = settings
     app.state.holder = holder
+    app.state.challenger = challenger
+    app.state.shadow = shadow
     app.state.metrics = metrics
     app.state.in_flight = InFlight(settings.max_in_flight, metrics)
     app.include_router(invocations.router)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from app.challenger import routed_to_challenger
 from app.dataplane import read_body, score_admitted
-from app.deps import HolderDep, InFlightDep, MetricsDep, SettingsDep
+from app.deps import ChallengerDep, HolderDep, InFlightDep, MetricsDep, SettingsDep
 from app.schemas import ErrorBody, Predictions
 from scoring.contract.decode import check_media_type
 from scoring.contract.models import invocations_openapi
@@ -30,21 +31,40 @@ router = APIRouter(tags=["scoring"])
 )
 async def invocations(
     request: Request,
+    *,
     settings: SettingsDep,
     holder: HolderDep,
+    challenger: ChallengerDep,
     metrics: MetricsDep,
     in_flight: InFlightDep,
 ) -> Response:
     """Score rows: P(target = 1) for each, in input order."""
     content_type = request.headers.get("content-type")
     check_media_type(content_type)
-    model = holder.require()
+    role, answering = "champion", holder
+    fraction = settings.split_fraction
+    if (
+        fraction is not None
+        and challenger is not None
+        and challenger.current is not None
+        and routed_to_challenger(fraction, request.headers.get("x-routing-key"))
+    ):
+        role, answering = "challenger", challenger
+    model = answering.require()
     body = await read_body(request, settings)
     request.state.model_version = model.version
-    content, rows = await score_admitted(
-        body, content_type, model, settings, metrics, in_flight=in_flight
+    request.state.model = model.label
+    request.state.model_role = role
+    scored = await score_admitted(
+        body, content_type, model, settings, metrics, in_flight=in_flight, role=role
     )
-    request.state.rows = rows
+    request.state.rows = scored.rows
+    shadow = request.app.state.shadow
+    if shadow is not None:
+        shadow.submit(scored.x, scored.predictions, model)
     # Which model answered: a caller (or a test) can match every answer to its version.
-    headers = {"X-Model-Version": model.label.encode("ascii", "replace").decode()}
-    return Response(content, media_type="application/json", headers=headers)
+    headers = {
+        "X-Model-Version": model.label.encode("ascii", "replace").decode(),
+        "X-Model-Role": role,
+    }
+    return Response(scored.content, media_type="application/json", headers=headers)
