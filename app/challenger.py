@@ -46,11 +46,19 @@ class Shadow:
     """A bounded queue of the champion's scored rows, scored again by the challenger."""
 
     def __init__(
-        self, challenger: ModelHolder, metrics: Metrics, threshold: float, size: int
+        self,
+        challenger: ModelHolder,
+        metrics: Metrics,
+        threshold: float,
+        size: int,
+        max_rows: int = 100_000,
     ) -> None:
+        """``size`` requests at most wait, holding ``max_rows`` rows at most between them."""
         self.challenger = challenger
         self.metrics = metrics
         self.threshold = threshold
+        self.max_rows = max_rows
+        self.queued_rows = 0
         self.queue: asyncio.Queue[tuple[np.ndarray, np.ndarray, str, tuple[str, ...]]] = (
             asyncio.Queue(size)
         )
@@ -60,11 +68,16 @@ class Shadow:
         if self.challenger.current is None:
             self.metrics.shadow_dropped.labels("challenger not loaded").inc(len(x))
             return
+        if self.queued_rows + len(x) > self.max_rows:  # bounded in memory, not only in count
+            self.metrics.shadow_dropped.labels("queue full").inc(len(x))
+            return
         item = (x, predictions, champion.label, champion.predictor.features)
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
             self.metrics.shadow_dropped.labels("queue full").inc(len(x))
+            return
+        self.queued_rows += len(x)
 
     async def run(self) -> None:
         """Score queued rows with the challenger, one batch at a time, in a thread."""
@@ -76,6 +89,7 @@ class Shadow:
                 log.exception("shadow scoring failed")
                 self.metrics.shadow_dropped.labels("error").inc(len(x))
             finally:
+                self.queued_rows -= len(x)
                 self.queue.task_done()
 
     def score(

@@ -74,7 +74,11 @@ def create_app(
         )
         if settings.split_fraction is None:
             shadow = Shadow(
-                challenger, metrics, settings.decision_threshold, settings.shadow_queue_size
+                challenger,
+                metrics,
+                settings.decision_threshold,
+                settings.shadow_queue_size,
+                max_rows=settings.max_rows,
             )
 
     @contextlib.asynccontextmanager
