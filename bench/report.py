@@ -151,6 +151,8 @@ def render(r: dict[str, Any]) -> str:
     ]
     if "swaps" in r:
         lines += [render_swaps(r), ""]
+    if "shadow" in r:
+        lines += [render_shadow(r), ""]
     return "\n".join(lines)
 
 
@@ -171,6 +173,28 @@ def render_swaps(r: dict[str, Any]) -> str:
         f"| {_fmt(_get(r, 'swaps', 'rss_first_swap_mb'))} "
         f"| {_fmt(_get(r, 'swaps', 'rss_after_swaps_mb'))} | {_fmt(growth)} | ≤ 1.2x | "
         f"{_verdict(growth, 1.2, False)} |",
+    ]
+    return "\n".join(lines)
+
+
+def render_shadow(r: dict[str, Any]) -> str:
+    """One-row latency with a shadow challenger against none (this service)."""
+    ratio = _get(r, "shadow", "p50_ratio")
+    lines = [
+        "**A shadow challenger** (the same model again, scoring every request off the hot path; "
+        "1 row, 1 connection; challenger rows scored "
+        f"{_fmt(_get(r, 'shadow', 'shadow_rows'))}, dropped "
+        f"{_fmt(_get(r, 'shadow', 'shadow_dropped_rows'))})",
+        "",
+        "| measure | no challenger | shadow challenger | shadow ÷ none | target | holds |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+        f"| p50 latency (ms) | {_fmt(_get(r, 'shadow', 'alone', 'p50_ms'))} | "
+        f"{_fmt(_get(r, 'shadow', 'shadow', 'p50_ms'))} | {_fmt(ratio)} | ≤ 1.1x | "
+        f"{_verdict(ratio, 1.1, False)} |",
+        f"| p99 latency (ms) | {_fmt(_get(r, 'shadow', 'alone', 'p99_ms'))} | "
+        f"{_fmt(_get(r, 'shadow', 'shadow', 'p99_ms'))} | | | |",
+        f"| requests/s | {_fmt(_get(r, 'shadow', 'alone', 'rps'))} | "
+        f"{_fmt(_get(r, 'shadow', 'shadow', 'rps'))} | | | |",
     ]
     return "\n".join(lines)
 

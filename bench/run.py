@@ -61,9 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        choices=["swaps"],
+        choices=["swaps", "shadow"],
         default=None,
-        help="run one part alone (swaps: resident memory, cold cache and ten swaps)",
+        help="run one part alone (swaps: resident memory, cold cache and ten swaps; shadow: "
+        "one-row latency with a shadow challenger against none)",
     )
     p.add_argument("--swaps", type=int, default=10, help="model swaps in the memory part")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results")
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wrk = load.ensure_wrk() if args.only is None else ""
+    wrk = load.ensure_wrk() if args.only != "swaps" else ""
     spec = ModelSpec(trees=args.trees, leaves=args.leaves, train_rows=args.train_rows)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -102,6 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "swaps.md").write_text(table)
+        return 0
+    if args.only == "shadow":
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            uri = fixture.log_to_store(booster, tmp)
+            one_body = tmp / "one.body"
+            one_body.write_bytes(fixture.split_json(fixture.bench_rows(1)))
+            results["shadow"] = shadow_latency(uri, one_body, wrk, args, tmp)
+        log(f"shadow: {results['shadow']}")
+        table = report.render_shadow(results)
+        print(table)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "shadow.md").write_text(table)
         return 0
     x = fixture.bench_rows(args.rows)
     one = x[:1]
@@ -159,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: {results[name]}")
         results["swaps"] = swap_memory(uri, args, tmp)
         log(f"swaps: {results['swaps']}")
+        results["shadow"] = shadow_latency(uri, bodies["one"], wrk, args, tmp)
+        log(f"shadow: {results['shadow']}")
 
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     table = report.render(results)
@@ -200,6 +216,48 @@ def swap_memory(uri: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         out["backend_after_swaps"] = load.httpx_get_json(server.base + "/model").get("backend")
     out["growth_after_swaps"] = out["rss_after_swaps_mb"] / out["rss_first_swap_mb"]
     return out
+
+
+def shadow_latency(
+    uri: str, one: Path, wrk: str, args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
+    """One-row latency (wrk, one connection) of this service alone, then with the same model as
+    a shadow challenger (every request scored again off the hot path), run after run."""
+    env = {"COMPILED_CACHE_DIR": str(args.cache / "lleaves"), "COMPILE_IN_BACKGROUND": "false"}
+    out: dict[str, Any] = {}
+    for name, extra in (("alone", {}), ("shadow", {"CHALLENGER_URI": uri})):
+        port = servers.free_port()
+        command = servers.ours_command(uri, port, args.workers)
+        log(f"starting ours ({name}): {' '.join(command[1:])}")
+        with servers.running(
+            f"ours_{name}", command, port, ready_path="/health/ready", log_dir=tmp,
+            env={**env, **extra},
+        ) as server:  # fmt: skip
+            if extra:
+                deadline = time.monotonic() + 600
+                while not load.httpx_get_json(server.base + "/model")["challenger"]["loaded"]:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("error: the shadow challenger did not load")
+                    time.sleep(0.5)
+            c1 = load.run_wrk(
+                wrk, server.base + "/invocations", one, content_type=JSON, connections=1,
+                seconds=args.duration, threads=1, work_dir=tmp,
+            )  # fmt: skip
+            out[name] = vars(c1) | {"rps": c1.rps}
+            if extra:
+                text = load.httpx_get_text(server.base + "/metrics")
+                out["shadow_rows"] = _sample_sum(text, "shadow_rows_total")
+                out["shadow_dropped_rows"] = _sample_sum(text, "shadow_dropped_rows_total")
+    out["p50_ratio"] = out["shadow"]["p50_ms"] / out["alone"]["p50_ms"]
+    return out
+
+
+def _sample_sum(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
 
 
 def write_bodies(tmp: Path, x: np.ndarray, one: np.ndarray, check: np.ndarray) -> dict[str, Path]:
