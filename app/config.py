@@ -178,7 +178,42 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: str | None = None
     """Prometheus' folder shared by the workers of one server (``python -m app`` sets it)."""
 
-    @field_validator("model_uri")
+    challenger_uri: str | None = None
+    """A second model beside MODEL_URI, e.g. models:/santander@challenger; unset: none."""
+
+    challenger_mode: str = "shadow"
+    """shadow: the champion answers, the challenger scores the same rows off the hot path;
+    split:<fraction>: that share of requests is answered by the challenger."""
+
+    shadow_queue_size: int = Field(default=256, ge=1)
+    """Requests waiting for the challenger in shadow mode per worker; beyond, dropped (counted)."""
+
+    decision_threshold: float = Field(default=0.5, ge=0, le=1)
+    """Where a probability becomes a positive, for the champion/challenger agreement figures."""
+
+    @field_validator("challenger_mode")
+    @classmethod
+    def _valid_mode(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value == "shadow":
+            return value
+        kind, _, fraction = value.partition(":")
+        try:
+            share = float(fraction)
+        except ValueError:
+            share = -1.0
+        if kind != "split" or not 0.0 <= share <= 1.0:
+            raise ValueError("expected 'shadow' or 'split:<fraction between 0 and 1>'")
+        return f"split:{share:g}"
+
+    @property
+    def split_fraction(self) -> float | None:
+        """The challenger's share of requests in split mode; None in shadow mode."""
+        if not self.challenger_mode.startswith("split:"):
+            return None
+        return float(self.challenger_mode.split(":", 1)[1])
+
+    @field_validator("model_uri", "challenger_uri")
     @classmethod
     def _valid_uri(cls, value: str | None) -> str | None:
         return (

@@ -6,7 +6,10 @@ Routes stay thin (HTTP in, HTTP out); this module knows the limits, the threads 
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -125,24 +128,50 @@ async def reserve_memory(
     return reservation
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One scored body: the JSON answer, and the rows and probabilities (for shadow scoring)."""
+
+    content: bytes
+    x: np.ndarray
+    predictions: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return len(self.x)
+
+
+def model_labels(model: LoadedModel, role: str) -> tuple[str, str, str]:
+    """(name, version, role) of a model for the per-model metrics."""
+    name = model.registered_name or (f"runs/{model.run_id}" if model.run_id else model.uri)
+    return name, model.version or "", role
+
+
 def score(
     body: bytes,
     content_type: str | None,
     model: LoadedModel,
     settings: Settings,
     metrics: Metrics,
-) -> tuple[bytes, int]:
-    """Parse, validate and score one body: the JSON answer as bytes, and the row count."""
+    *,
+    role: str = "champion",
+) -> Scored:
+    """Parse, validate and score one body."""
+    started = time.perf_counter()
     predictor = model.predictor
     x = parse_body(body, content_type, predictor.features, settings.max_rows)
     predictions = np.asarray(predictor.predict(x, settings.threads_for(len(x))), dtype=np.float64)
-    metrics.observe_predictions(predictions)
+    labels = model_labels(model, role)
+    metrics.observe_predictions(predictions, labels)
+    metrics.model_requests.labels(*labels).inc()
+    metrics.model_latency.labels(*labels).observe(time.perf_counter() - started)
     content = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
-    return content, len(x)
+    return Scored(content, x, predictions)
 
 
-Work = Callable[[bytes, str | None, LoadedModel, Settings, Metrics], tuple[bytes, int]]
-"""What a scoring route does with a body once it is in: the answer's bytes and the row count."""
+Work = Callable[..., Scored]
+"""What a scoring route does with a body once it is in: ``work(body, content_type, model,
+settings, metrics, role=...)`` gives the answer's bytes and the rows and probabilities."""
 
 
 async def handle(
@@ -154,7 +183,8 @@ async def handle(
     in_flight: InFlight,
     admission: Admission,
     work: Work = score,
-) -> tuple[bytes, int]:
+    role: str = "champion",
+) -> Scored:
     """The one path of every scoring route: admit the body (a body-read place, then memory),
     read it, then run ``work`` within a scoring slot (``score_admitted``)."""
     content_type = request.headers.get("content-type")
@@ -179,6 +209,7 @@ async def handle(
             reservation=reservation,
             limiter=admission.limiter,
             work=work,
+            role=role,
         )
     finally:
         del body
@@ -197,16 +228,25 @@ async def score_admitted(
     reservation: Reservation | None = None,
     limiter: CapacityLimiter | None = None,
     work: Work = score,
-) -> tuple[bytes, int]:
+    role: str = "champion",
+) -> Scored:
     """``work`` (default ``score``) within a scoring slot: small bodies on the loop, big ones in
     a thread (at most ``limiter``'s at once), under ``request_timeout_seconds`` (504; the slot and
     the memory reservation stay taken until the work really ends)."""
     with in_flight.slot() as slot:
         if len(body) <= settings.inline_body_bytes:
             # Small bodies cost less than a thread hop: score them right here.
-            return work(body, content_type, model, settings, metrics)
+            return work(body, content_type, model, settings, metrics, role=role)
         task = asyncio.ensure_future(
-            to_thread.run_sync(work, body, content_type, model, settings, metrics, limiter=limiter)
+            to_thread.run_sync(
+                functools.partial(work, role=role),
+                body,
+                content_type,
+                model,
+                settings,
+                metrics,
+                limiter=limiter,
+            )
         )
         slot.release_when_done(task)
         if reservation is not None:

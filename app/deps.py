@@ -31,6 +31,11 @@ def _holder(request: Request) -> ModelHolder:
     return holder
 
 
+def _challenger(request: Request) -> ModelHolder | None:
+    challenger: ModelHolder | None = request.app.state.challenger
+    return challenger
+
+
 def _metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -76,6 +81,7 @@ ScoringAuth = Security(_scoring_auth)
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 HolderDep = Annotated[ModelHolder, Depends(_holder)]
+ChallengerDep = Annotated[ModelHolder | None, Depends(_challenger)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 InFlightDep = Annotated[InFlight, Depends(_in_flight)]
 AdmissionDep = Annotated[Admission, Depends(_admission)]

@@ -17,10 +17,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.admission import InFlight
+from app.challenger import Shadow
 from app.config import Settings, get_settings
 from app.connections import guard_connections
 from app.limits import Admission, limit_arenas
@@ -66,6 +66,25 @@ def create_app(
     holder.on_failure.append(lambda cause: metrics.load_failures.inc())
     admission = Admission(settings, metrics)
     holder.on_swap.append(lambda new, old: admission.memory.remeasure())
+    challenger: ModelHolder | None = None
+    shadow: Shadow | None = None
+    if settings.challenger_uri:
+        options = settings.load_options()
+        signal = settings.reload_signal_file
+        challenger = ModelHolder(
+            settings.challenger_uri,
+            loader=lambda uri: load_model(uri, options),
+            signal_file=f"{signal}.challenger" if signal else None,
+            role="challenger",
+        )
+        if settings.split_fraction is None:
+            shadow = Shadow(
+                challenger,
+                metrics,
+                settings.decision_threshold,
+                settings.shadow_queue_size,
+                max_rows=settings.max_rows,
+            )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,14 +96,25 @@ def create_app(
                 )
             else:
                 # Fails start-up with one line naming the URI and the cause.
-                await run_in_threadpool(holder.load)
+                await holder.reload(force=True)
         else:
             _record_swap(metrics, holder.current, None)
         admission.start()
         if settings.model_poll_seconds > 0:
             tasks.append(asyncio.create_task(holder.poll(settings.model_poll_seconds)))
-        if holder.signal_file is not None:
+        if holder.signal is not None:
             tasks.append(asyncio.create_task(holder.follow_reloads()))
+        if challenger is not None:
+            # Always in the background, with retries: the champion never waits for it.
+            tasks.append(
+                asyncio.create_task(challenger.load_until_ready(settings.model_retry_max_seconds))
+            )
+            if settings.model_poll_seconds > 0:
+                tasks.append(asyncio.create_task(challenger.poll(settings.model_poll_seconds)))
+            if challenger.signal is not None:
+                tasks.append(asyncio.create_task(challenger.follow_reloads()))
+        if shadow is not None:
+            tasks.append(asyncio.create_task(shadow.run()))
         try:
             yield
         finally:
@@ -108,6 +138,8 @@ def create_app(
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **meta)
     app.state.settings = settings
     app.state.holder = holder
+    app.state.challenger = challenger
+    app.state.shadow = shadow
     app.state.metrics = metrics
     app.state.in_flight = InFlight(settings.max_in_flight, metrics)
     app.state.api_keys = settings.api_key_set()

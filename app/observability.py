@@ -65,6 +65,8 @@ LATENCY_BUCKETS = (
 PROBABILITY_BUCKETS = (*(round(0.1 * i, 1) for i in range(1, 10)), 1.0)
 _BIN_LABELS = tuple(f"{edge:g}" for edge in (*PROBABILITY_BUCKETS, float("inf")))
 _PROBABILITY = "prediction_probability"
+_MODEL_PROBABILITY = "model_prediction_probability"
+MODEL_LABELS = ("name", "version", "role")
 
 
 class Metrics:
@@ -177,6 +179,53 @@ class Metrics:
             ["reason"],
             **kw,
         )
+        # Per model (name, version, role): champion and challenger side by side.
+        self.model_requests = Counter(
+            "model_requests_total",
+            "Scoring requests per model (a shadowed request counts for the challenger too)",
+            MODEL_LABELS,
+            **kw,
+        )
+        self.model_rows = Counter("model_rows_total", "Rows scored per model", MODEL_LABELS, **kw)
+        self.model_latency = Histogram(
+            "model_scoring_duration_seconds",
+            "Seconds to score a request per model (parse and predict; shadow: predict)",
+            MODEL_LABELS,
+            buckets=LATENCY_BUCKETS,
+            **kw,
+        )
+        self.model_probability_bins = Counter(
+            f"{_MODEL_PROBABILITY}_bin",
+            "Predicted probabilities per model by bin (upper edge)",
+            [*MODEL_LABELS, "le"],
+            **kw,
+        )
+        self.model_probability_sum = Counter(
+            f"{_MODEL_PROBABILITY}_raw_sum", "Sum of probabilities per model", MODEL_LABELS, **kw
+        )
+        # Shadow mode: how the challenger agrees with the champion on the same rows.
+        pair = ("champion", "challenger")
+        self.shadow_rows = Counter(
+            "shadow_rows_total", "Rows scored by both champion and challenger", pair, **kw
+        )
+        self.shadow_abs_difference = Counter(
+            "shadow_abs_difference",
+            "Sum over shadowed rows of |champion - challenger| (÷ shadow_rows_total: the mean)",
+            pair,
+            **kw,
+        )
+        self.shadow_disagreements = Counter(
+            "shadow_disagreements",
+            "Shadowed rows on different sides of DECISION_THRESHOLD",
+            pair,
+            **kw,
+        )
+        self.shadow_dropped = Counter(
+            "shadow_dropped_rows_total",
+            "Rows the challenger did not score in shadow mode, by reason",
+            ["reason"],
+            **kw,
+        )
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess:
@@ -188,18 +237,32 @@ class Metrics:
         registry.register(_BinsAsHistogram(source))
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
-    def observe_predictions(self, values: np.ndarray) -> None:
-        """Count a batch of probabilities into the histogram: one step per bin, not per value."""
+    def observe_predictions(
+        self, values: np.ndarray, model: tuple[str, str, str] | None = None, answered: bool = True
+    ) -> None:
+        """Count a batch of probabilities into the histograms: one step per bin, not per value.
+
+        ``model`` (name, version, role) also counts them for that model; ``answered=False``
+        (the challenger in shadow mode) counts them for that model only.
+        """
         values = values[np.isfinite(values)] if values.ndim == 1 else values.ravel()
         if values.size == 0:
             return
-        self.rows.inc(values.size)
         edges = np.array((*PROBABILITY_BUCKETS, np.inf))
         counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges))
-        for label, count in zip(_BIN_LABELS, counts.tolist(), strict=False):
-            if count:
-                self.probability_bins.labels(label).inc(count)
-        self.probability_sum.inc(float(values.sum()))
+        total = float(values.sum())
+        if answered:
+            self.rows.inc(values.size)
+            for label, count in zip(_BIN_LABELS, counts.tolist(), strict=False):
+                if count:
+                    self.probability_bins.labels(label).inc(count)
+            self.probability_sum.inc(total)
+        if model is not None:
+            self.model_rows.labels(*model).inc(values.size)
+            for label, count in zip(_BIN_LABELS, counts.tolist(), strict=False):
+                if count:
+                    self.model_probability_bins.labels(*model, label).inc(count)
+            self.model_probability_sum.labels(*model).inc(total)
 
     def model_loaded(
         self,
@@ -224,6 +287,8 @@ class _BinsAsHistogram(Collector):
     def collect(self) -> Any:
         bins: dict[str, float] = {}
         total = 0.0
+        model_bins: dict[tuple[str, ...], dict[str, float]] = {}
+        model_totals: dict[tuple[str, ...], float] = {}
         for family in self.source.collect():
             if family.name == f"{_PROBABILITY}_bin":
                 for sample in family.samples:
@@ -232,16 +297,38 @@ class _BinsAsHistogram(Collector):
                         bins[le] = bins.get(le, 0.0) + sample.value
             elif family.name == f"{_PROBABILITY}_raw_sum":
                 total += sum(s.value for s in family.samples if s.name.endswith("_total"))
+            elif family.name == f"{_MODEL_PROBABILITY}_bin":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        key = tuple(sample.labels[k] for k in MODEL_LABELS)
+                        per = model_bins.setdefault(key, {})
+                        le = sample.labels["le"]
+                        per[le] = per.get(le, 0.0) + sample.value
+            elif family.name == f"{_MODEL_PROBABILITY}_raw_sum":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        key = tuple(sample.labels[k] for k in MODEL_LABELS)
+                        model_totals[key] = model_totals.get(key, 0.0) + sample.value
             else:
                 yield family
-        cumulative, buckets = 0.0, []
-        for label in _BIN_LABELS:
-            cumulative += bins.get(label, 0.0)
-            buckets.append(("+Inf" if label == "inf" else label, cumulative))
         hist: Metric = HistogramMetricFamily(
-            _PROBABILITY, "Predicted P(target = 1)", buckets=buckets, sum_value=total
+            _PROBABILITY, "Predicted P(target = 1)", buckets=_cumulative(bins), sum_value=total
         )
         yield hist
+        per_model = HistogramMetricFamily(
+            _MODEL_PROBABILITY, "Predicted P(target = 1) per model", labels=MODEL_LABELS
+        )
+        for key, counts in sorted(model_bins.items()):
+            per_model.add_metric(list(key), _cumulative(counts), model_totals.get(key, 0.0))
+        yield per_model
+
+
+def _cumulative(bins: dict[str, float]) -> list[tuple[str, float]]:
+    cumulative, buckets = 0.0, []
+    for label in _BIN_LABELS:
+        cumulative += bins.get(label, 0.0)
+        buckets.append(("+Inf" if label == "inf" else label, cumulative))
+    return buckets
 
 
 def mark_worker_dead(multiprocess_dir: str | None) -> None:
@@ -290,11 +377,12 @@ class RequestContext:
             self.metrics.latency.labels(route).observe(duration)
             state = scope.get("state") or {}
             access_log.info(
-                "%s %s %s %.1fms",
+                "%s %s %s %.1fms%s",
                 method,
                 scope["path"],
                 status,
                 duration * 1000,
+                f" {state['model']}" if state.get("model") else "",
                 extra={
                     "method": method,
                     "path": scope["path"],
@@ -303,6 +391,8 @@ class RequestContext:
                     "rows": state.get("rows"),
                     "model_version": state.get("model_version"),
                     "key_id": state.get("key_id"),
+                    "model": state.get("model"),
+                    "model_role": state.get("model_role"),
                 },
             )
             request_id_var.reset(token)
@@ -316,7 +406,17 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-_ACCESS_FIELDS = ("method", "path", "status", "rows", "duration_ms", "model_version", "key_id")
+_ACCESS_FIELDS = (
+    "method",
+    "path",
+    "status",
+    "rows",
+    "duration_ms",
+    "model_version",
+    "model",
+    "model_role",
+    "key_id",
+)
 
 
 class JsonFormatter(logging.Formatter):

@@ -62,3 +62,6 @@ class ModelCard(BaseModel):
     load_failures: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
+    worker_pid: int | None = Field(
+        default=None, description="The server process that answered (one of WORKERS)"
+    )

@@ -150,3 +150,16 @@ def httpx_get_json(url: str) -> dict[str, Any]:
     response.raise_for_status()
     data = response.json()
     return data if isinstance(data, dict) else {}
+
+
+def httpx_post_json(url: str, headers: dict[str, str], timeout: float = 600.0) -> dict[str, Any]:
+    response = httpx.post(url, headers=headers, timeout=timeout)
+    response.raise_for_status()
+    data = response.json()
+    return data if isinstance(data, dict) else {}
+
+
+def httpx_get_text(url: str) -> str:
+    response = httpx.get(url, timeout=30)
+    response.raise_for_status()
+    return response.text

@@ -149,6 +149,53 @@ def render(r: dict[str, Any]) -> str:
         f"{_fmt(_get(r, 'ours', 'check_max_abs_diff'))}.",
         "",
     ]
+    if "swaps" in r:
+        lines += [render_swaps(r), ""]
+    if "shadow" in r:
+        lines += [render_shadow(r), ""]
+    return "\n".join(lines)
+
+
+def render_swaps(r: dict[str, Any]) -> str:
+    """Resident memory with a cold compile cache and across model swaps (this service)."""
+    s = r.get("swaps", {})
+    n = s.get("swaps", 10)
+    growth = _get(r, "swaps", "growth_after_swaps")
+    lines = [
+        f"**Resident memory across model swaps** (this service, RSS of the process tree, MB; "
+        f"each swap a forced `/admin/reload`; backend {s.get('backend_cold', '?')} at ready, "
+        f"{s.get('backend_after_swaps', '?')} after)",
+        "",
+        "| ready, cold compile cache | after the first swap | after "
+        f"{n} swaps | {n} swaps ÷ first | target | holds |",
+        "| ---: | ---: | ---: | ---: | --- | --- |",
+        f"| {_fmt(_get(r, 'swaps', 'rss_cold_mb'))} "
+        f"| {_fmt(_get(r, 'swaps', 'rss_first_swap_mb'))} "
+        f"| {_fmt(_get(r, 'swaps', 'rss_after_swaps_mb'))} | {_fmt(growth)} | ≤ 1.2x | "
+        f"{_verdict(growth, 1.2, False)} |",
+    ]
+    return "\n".join(lines)
+
+
+def render_shadow(r: dict[str, Any]) -> str:
+    """One-row latency with a shadow challenger against none (this service)."""
+    ratio = _get(r, "shadow", "p50_ratio")
+    lines = [
+        "**A shadow challenger** (the same model again, scoring every request off the hot path; "
+        "1 row, 1 connection; challenger rows scored "
+        f"{_fmt(_get(r, 'shadow', 'shadow_rows'))}, dropped "
+        f"{_fmt(_get(r, 'shadow', 'shadow_dropped_rows'))})",
+        "",
+        "| measure | no challenger | shadow challenger | shadow ÷ none | target | holds |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+        f"| p50 latency (ms) | {_fmt(_get(r, 'shadow', 'alone', 'p50_ms'))} | "
+        f"{_fmt(_get(r, 'shadow', 'shadow', 'p50_ms'))} | {_fmt(ratio)} | ≤ 1.1x | "
+        f"{_verdict(ratio, 1.1, False)} |",
+        f"| p99 latency (ms) | {_fmt(_get(r, 'shadow', 'alone', 'p99_ms'))} | "
+        f"{_fmt(_get(r, 'shadow', 'shadow', 'p99_ms'))} | | | |",
+        f"| requests/s | {_fmt(_get(r, 'shadow', 'alone', 'rps'))} | "
+        f"{_fmt(_get(r, 'shadow', 'shadow', 'rps'))} | | | |",
+    ]
     return "\n".join(lines)
 
 

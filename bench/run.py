@@ -2,12 +2,14 @@
 
     python -m bench.run                      # the full run (make bench), ~3-5 minutes
     python -m bench.run --trees 20 --rows 200 --duration 2 --repeats 2 --out /tmp/b   # tiny
+    python -m bench.run --only swaps --out /tmp/b   # only the resident memory across swaps
 
 It trains (or loads from ``bench/.cache/``) a 1000-tree, 13-leaf LightGBM model over 200
 synthetic features, logs it to a temporary MLflow store, starts both servers on it, checks they
 answer the same predictions as in-process ``Booster.predict`` (to 1e-9), then measures with wrk
 and httpx: one-row latency and throughput, one 10,000-row request as split JSON (and as Parquet
-and Arrow IPC for this service), each server's resident memory, and the in-process floor. The
+and Arrow IPC for this service), each server's resident memory, the in-process floor, and this
+service's resident memory with a cold compile cache and across ten model swaps. The
 table (with mlflow / ours ratios and the targets) is printed and written to ``--out`` as
 ``latest.json`` and ``latest.md``.
 
@@ -57,6 +59,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the second run of ours with COMPILED_PREDICTOR=false (before/after)",
     )
+    p.add_argument(
+        "--only",
+        choices=["swaps", "shadow"],
+        default=None,
+        help="run one part alone (swaps: resident memory, cold cache and ten swaps; shadow: "
+        "one-row latency with a shadow challenger against none)",
+    )
+    p.add_argument("--swaps", type=int, default=10, help="model swaps in the memory part")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     p.add_argument("--cache", type=Path, default=BENCH_DIR / ".cache")
     return p.parse_args(argv)
@@ -64,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wrk = load.ensure_wrk()
+    wrk = load.ensure_wrk() if args.only != "swaps" else ""
     spec = ModelSpec(trees=args.trees, leaves=args.leaves, train_rows=args.train_rows)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -84,6 +94,29 @@ def main(argv: list[str] | None = None) -> int:
 
     booster, train_s = fixture.fixed_booster(spec, args.cache)
     log(f"model {spec.name}: {f'trained in {train_s:.0f}s' if train_s else 'from cache'}")
+    if args.only == "swaps":
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            results["swaps"] = swap_memory(fixture.log_to_store(booster, tmp), args, tmp)
+        log(f"swaps: {results['swaps']}")
+        table = report.render_swaps(results)
+        print(table)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "swaps.md").write_text(table)
+        return 0
+    if args.only == "shadow":
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            uri = fixture.log_to_store(booster, tmp)
+            one_body = tmp / "one.body"
+            one_body.write_bytes(fixture.split_json(fixture.bench_rows(1)))
+            results["shadow"] = shadow_latency(uri, one_body, wrk, args, tmp)
+        log(f"shadow: {results['shadow']}")
+        table = report.render_shadow(results)
+        print(table)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "shadow.md").write_text(table)
+        return 0
     x = fixture.bench_rows(args.rows)
     one = x[:1]
     check = x[: min(CHECK_ROWS, len(x))]
@@ -138,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                     full=name != "ours_lightgbm",
                 )
             log(f"{name}: {results[name]}")
+        results["swaps"] = swap_memory(uri, args, tmp)
+        log(f"swaps: {results['swaps']}")
+        results["shadow"] = shadow_latency(uri, bodies["one"], wrk, args, tmp)
+        log(f"shadow: {results['shadow']}")
 
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     table = report.render(results)
@@ -145,6 +182,82 @@ def main(argv: list[str] | None = None) -> int:
     report.write(results, table, args.out)
     log(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
     return 0
+
+
+def swap_memory(uri: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """This service's resident memory (the whole process tree, compiler children included)
+    ready with a cold compile cache, then after one and after ``args.swaps`` forced reloads
+    (each loads the model again and swaps: a new booster and compiled forest each time)."""
+    token = "bench-admin-token"
+    cold_cache = tmp / "cold-lleaves-cache"
+    env = {
+        "COMPILED_CACHE_DIR": str(cold_cache),
+        "COMPILE_IN_BACKGROUND": "false",
+        "ADMIN_TOKEN": token,
+    }
+    port = servers.free_port()
+    command = servers.ours_command(uri, port, args.workers)
+    log(f"starting ours for swaps (cold compile cache): {' '.join(command[1:])}")
+    out: dict[str, Any] = {"swaps": args.swaps}
+    with servers.running(
+        "ours_swaps", command, port, ready_path="/health/ready", log_dir=tmp, env=env
+    ) as server:
+        card = load.httpx_get_json(server.base + "/model")
+        out["backend_cold"] = card.get("backend")
+        out["rss_cold_mb"] = server.rss_bytes()[0] / 2**20
+        headers = {"Authorization": f"Bearer {token}"}
+        for swap in range(1, args.swaps + 1):
+            r = load.httpx_post_json(server.base + "/admin/reload?force=true", headers)
+            if r.get("status") != "reloaded":
+                raise SystemExit(f"error: swap {swap} did not reload: {r}")
+            if swap == 1:
+                out["rss_first_swap_mb"] = server.rss_bytes()[0] / 2**20
+        out["rss_after_swaps_mb"] = server.rss_bytes()[0] / 2**20
+        out["backend_after_swaps"] = load.httpx_get_json(server.base + "/model").get("backend")
+    out["growth_after_swaps"] = out["rss_after_swaps_mb"] / out["rss_first_swap_mb"]
+    return out
+
+
+def shadow_latency(
+    uri: str, one: Path, wrk: str, args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
+    """One-row latency (wrk, one connection) of this service alone, then with the same model as
+    a shadow challenger (every request scored again off the hot path), run after run."""
+    env = {"COMPILED_CACHE_DIR": str(args.cache / "lleaves"), "COMPILE_IN_BACKGROUND": "false"}
+    out: dict[str, Any] = {}
+    for name, extra in (("alone", {}), ("shadow", {"CHALLENGER_URI": uri})):
+        port = servers.free_port()
+        command = servers.ours_command(uri, port, args.workers)
+        log(f"starting ours ({name}): {' '.join(command[1:])}")
+        with servers.running(
+            f"ours_{name}", command, port, ready_path="/health/ready", log_dir=tmp,
+            env={**env, **extra},
+        ) as server:  # fmt: skip
+            if extra:
+                deadline = time.monotonic() + 600
+                while not load.httpx_get_json(server.base + "/model")["challenger"]["loaded"]:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("error: the shadow challenger did not load")
+                    time.sleep(0.5)
+            c1 = load.run_wrk(
+                wrk, server.base + "/invocations", one, content_type=JSON, connections=1,
+                seconds=args.duration, threads=1, work_dir=tmp,
+            )  # fmt: skip
+            out[name] = vars(c1) | {"rps": c1.rps}
+            if extra:
+                text = load.httpx_get_text(server.base + "/metrics")
+                out["shadow_rows"] = _sample_sum(text, "shadow_rows_total")
+                out["shadow_dropped_rows"] = _sample_sum(text, "shadow_dropped_rows_total")
+    out["p50_ratio"] = out["shadow"]["p50_ms"] / out["alone"]["p50_ms"]
+    return out
+
+
+def _sample_sum(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
 
 
 def write_bodies(tmp: Path, x: np.ndarray, one: np.ndarray, check: np.ndarray) -> dict[str, Path]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from scoring.errors import ModelLoadError
 from scoring.features import features_from_signature
-from scoring.model_ref import ModelRef, describe_cause, registry_version
+from scoring.model_ref import ModelRef, Pinned, describe_cause, registry_version
 from scoring.predictors import BoosterPredictor, Predictor, PyfuncPredictor
 from scoring.tracking import configure_tracking
 from scoring.trusted import UNTRUSTED_PYFUNC, UntrustedModel, read_lightgbm
@@ -64,6 +64,16 @@ class LoadedModel:
             return None
         return f"{self.registered_name}/{self.version}:{self.run_id}"
 
+    @property
+    def label(self) -> str:
+        """``name/version`` for a registered model (the ``X-Model-Version`` header), else the
+        run (``runs/<id>``) or the URI."""
+        if self.registered_name is not None:
+            return f"{self.registered_name}/{self.version}"
+        if self.run_id:
+            return f"runs/{self.run_id}"
+        return self.uri
+
     def describe(self) -> dict[str, Any]:
         return {
             "model_uri": self.uri,
@@ -84,7 +94,7 @@ class LoadedModel:
         }
 
 
-def _registry_facts(ref: ModelRef, loaded: LoadedModel) -> None:
+def _registry_facts(ref: ModelRef, loaded: LoadedModel, pinned: Pinned | None) -> None:
     """Fill in run id, registered name/version/alias and logged-model id where the URI tells."""
     import mlflow
 
@@ -93,7 +103,6 @@ def _registry_facts(ref: ModelRef, loaded: LoadedModel) -> None:
     if ref.model_id is not None:
         loaded.model_id = ref.model_id
         loaded.run_id = client.get_logged_model(ref.model_id).source_run_id
-    pinned = registry_version(ref, client)
     if pinned is not None:
         loaded.registered_name, loaded.version = pinned.name, pinned.version
         loaded.run_id, loaded.model_id, loaded.alias = pinned.run_id, pinned.model_id, ref.alias
@@ -171,11 +180,17 @@ def load_model(uri: str, options: LoadOptions | None = None) -> LoadedModel:
     started = time.perf_counter()
     try:
         ref = ModelRef.parse(uri)
+        # Resolve an alias (or "latest") once, and download that version: the trees and the
+        # facts (version, run, the fingerprint polling compares) then name the same version even
+        # if the alias moves during the download. Resolving twice (the download, then the facts)
+        # once left a worker serving v1's trees as "v2", never to reload: it looked up to date.
+        pinned = registry_version(ref)
+        source = pinned.uri if pinned is not None and ref.movable else uri
         with tempfile.TemporaryDirectory(prefix="model-") as tmp:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
             predictor = build_predictor(local, options, uri)
         loaded = LoadedModel(predictor=predictor, uri=uri)
-        _registry_facts(ref, loaded)
+        _registry_facts(ref, loaded, pinned)
     except ModelLoadError as exc:
         raise ModelLoadError(uri, exc.cause) from None
     except Exception as exc:

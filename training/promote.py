@@ -110,3 +110,59 @@ def promote(
         file=sys.stderr,
     )
     return decision
+
+
+CHALLENGER = "challenger"
+
+
+def promote_challenger(client: MlflowClient, name: str) -> str:
+    """Move alias ``champion`` of ``name`` to the version alias ``challenger`` points at.
+
+    The step after a good shadow or split test: servers on ``models:/<name>@champion`` follow by
+    their polling or ``POST /admin/reload``.
+
+    Args:
+        client: An MLflow client on the registry.
+        name: Registered model name.
+
+    Returns:
+        The version now champion.
+
+    Raises:
+        MlflowException: ``name`` has no ``challenger`` alias.
+    """
+    version = str(client.get_model_version_by_alias(name, CHALLENGER).version)
+    before = champion_score(client, name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(
+        name, version, "promotion", f"promoted to {CHAMPION} from {CHALLENGER}"
+    )
+    was = f"v{before[0]}" if before is not None else "none"
+    print(f"{name} v{version} (@{CHALLENGER}) is now @{CHAMPION} (was {was})", file=sys.stderr)
+    return version
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.promote --name santander --challenger-to-champion``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.promote", description=__doc__)
+    parser.add_argument("--name", default="santander", help="registered model name")
+    parser.add_argument(
+        "--challenger-to-champion",
+        action="store_true",
+        help=f"move @{CHAMPION} to the version @{CHALLENGER} points at",
+    )
+    args = parser.parse_args(argv)
+    if not args.challenger_to_champion:
+        parser.error("nothing to do: pass --challenger-to-champion")
+    try:
+        print(promote_challenger(MlflowClient(), args.name))
+    except MlflowException as exc:
+        print(f"error: {args.name}: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,9 +6,8 @@ import hmac
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
-from app.deps import HolderDep, SettingsDep
+from app.deps import ChallengerDep, HolderDep, SettingsDep
 from app.schemas import ErrorBody
 from scoring.errors import ModelLoadError, ReloadFailed, Unauthorized
 
@@ -31,12 +30,27 @@ router = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(_
     responses={401: {"model": ErrorBody}, 502: {"model": ErrorBody}},
     summary="Re-resolve MODEL_URI and swap in the new model",
 )
-async def reload(holder: HolderDep, force: bool = False) -> dict[str, Any]:
-    """Re-resolve MODEL_URI; load and swap atomically if it moved (or ``force``)."""
+async def reload(
+    holder: HolderDep, challenger: ChallengerDep, force: bool = False
+) -> dict[str, Any]:
+    """Re-resolve MODEL_URI (and CHALLENGER_URI); load and swap if it moved (or ``force``)."""
+    # Tell the other workers first, so that they load side by side with this one.
+    await holder.announce_reload()
+    answer: dict[str, Any] = {}
+    if challenger is not None:
+        # The challenger's outcome is reported, never a reason to fail the champion's reload.
+        await challenger.announce_reload()
+        try:
+            moved = await challenger.reload(force)
+            answer["challenger"] = {
+                "status": "reloaded" if moved else "unchanged",
+                "version": challenger.current.version if challenger.current else None,
+            }
+        except ModelLoadError as exc:
+            answer["challenger"] = {"status": "failed", "error": str(exc)}
     try:
-        swapped = await run_in_threadpool(holder.reload, force)
+        swapped = await holder.reload(force)
     except ModelLoadError as exc:
         raise ReloadFailed(f"{exc}; still serving the previous model") from None
-    holder.announce_reload()
     model = holder.require()
-    return {"status": "reloaded" if swapped else "unchanged", "model": model.describe()}
+    return {"status": "reloaded" if swapped else "unchanged", "model": model.describe(), **answer}

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.deps import HolderDep, ScoringAuth
+from app.deps import ChallengerDep, HolderDep, ScoringAuth, SettingsDep
 from app.schemas import ErrorBody, ModelCard
 
 # Guarded like scoring when API keys are on: the run's params, metrics and features help
@@ -19,6 +19,19 @@ router = APIRouter(tags=["model"], dependencies=[ScoringAuth])
     response_model=ModelCard,
     responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
-def model_card(holder: HolderDep) -> dict[str, Any]:
-    """Model URI, run, registered name/version/alias, flavor, loading path, metrics, params."""
-    return {**holder.require().describe(), **holder.status()}
+def model_card(
+    holder: HolderDep, challenger: ChallengerDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """Model URI, run, registered name/version/alias, flavor, loading path, metrics, params,
+    and the challenger beside it when there is one."""
+    card = {**holder.require().describe(), **holder.status()}
+    if challenger is not None:
+        card["challenger"] = {
+            "mode": settings.challenger_mode,
+            "model_uri": challenger.uri,
+            "loaded": challenger.current is not None,
+            "reason": None if challenger.current is not None else challenger.not_ready_reason(),
+            **(challenger.current.describe() if challenger.current is not None else {}),
+            **challenger.status(),
+        }
+    return card

@@ -26,6 +26,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", *TINY, "--repeats", "1", "--no-lightgbm-run",
+         "--swaps", "2",
          "--out", str(out), "--cache", str(tmp_path / "cache")],
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=230, check=False,
     )  # fmt: skip
@@ -41,8 +42,16 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert results["ours"]["big_arrow_s"]["median"] > 0
     assert results["ours"]["big_parquet_s"]["median"] > 0
     assert results["floor"]["lightgbm_all_s"] > 0
+    swaps = results["swaps"]
+    assert swaps["swaps"] == 2 and swaps["backend_after_swaps"] == "lleaves"
+    assert swaps["rss_cold_mb"] > 0 and swaps["rss_after_swaps_mb"] > 0
+    shadow = results["shadow"]
+    assert shadow["alone"]["requests"] > 0 and shadow["shadow"]["requests"] > 0
+    assert shadow["shadow_rows"] + shadow["shadow_dropped_rows"] > 0
 
     table = (out / "latest.md").read_text()
     assert "| 1 row, 1 connection: p50 latency (ms) |" in table
     assert "Arrow IPC stream" in table and "Parquet" in table
+    assert "Resident memory across model swaps" in table
+    assert "A shadow challenger" in table
     assert table in proc.stdout  # the same table is printed

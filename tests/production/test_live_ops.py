@@ -1,5 +1,5 @@
-"""Real server processes (two workers): JSON logs, shared metrics, reload and polling under load,
-and a sustained load run with its memory figure."""
+"""Real server processes (several workers): JSON logs, shared metrics, reload and polling under
+load, and a sustained load run with its memory figure."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import LoggedModel
 from tests.helpers import PYTHON, server_process
 from tests.production.conftest import ADMIN_TOKEN
+from tests.production.test_lifecycle_live import every_worker
 from tests.production.test_observability import metric
 
 JSON = {"content-type": "application/json"}
@@ -172,9 +173,8 @@ def test_reload_under_load_drops_nothing_and_switches(versions: dict, tmp_path) 
 
 def test_polling_follows_the_alias(versions: dict) -> None:
     v = versions
-    # One worker: with two, a worker was seen still answering with the previous version after
-    # the poll had swapped (an open problem, see the closing note of this change).
-    with serve(f"models:/{v['name']}@champion", workers=1, MODEL_POLL_SECONDS="1") as (base, _):
+    # Several workers, each polling on its own; fresh connections reach all of them.
+    with serve(f"models:/{v['name']}@champion", workers=3, MODEL_POLL_SECONDS="1") as (base, _):
 
         def answer() -> np.ndarray:
             r = httpx.post(f"{base}/invocations", content=v["body"], headers=JSON)
@@ -187,14 +187,18 @@ def test_polling_follows_the_alias(versions: dict) -> None:
             seen: list[str] = []
 
             def all_v2() -> bool:
-                got = [answer() for _ in range(6)]
+                got = [answer() for _ in range(12)]
                 seen[:] = [_which(g, v) for g in got]
-                return seen == ["v2"] * 6
+                return seen == ["v2"] * 12
 
             try:
                 wait_for(all_v2, timeout=120, what="polling to swap in v2")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}; last answers: {seen}") from None
+            # And each of the three workers, asked one by one, says so.
+            every_worker(
+                base, lambda card: card["version"] == v["v2"], "every worker on v2", workers=3
+            )
         finally:
             v["client"].set_registered_model_alias(v["name"], "champion", v["v1"])
 
