@@ -6,6 +6,9 @@ Routes stay thin (HTTP in, HTTP out); this module knows the limits, the threads 
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -18,6 +21,8 @@ from app.observability import Metrics
 from scoring.contract.decode import parse_body
 from scoring.errors import BodyTimeout, PayloadTooLarge, ScoringTimeout
 from scoring.loading import LoadedModel
+
+T = TypeVar("T")
 
 
 async def read_body(request: Request, settings: Settings) -> bytes:
@@ -52,10 +57,8 @@ def score(
     metrics: Metrics,
 ) -> tuple[bytes, int]:
     """Parse, validate and score one body: the JSON answer as bytes, and the row count."""
-    predictor = model.predictor
-    x = parse_body(body, content_type, predictor.features, settings.max_rows)
-    predictions = np.asarray(predictor.predict(x, settings.threads_for(len(x))), dtype=np.float64)
-    metrics.observe_predictions(predictions)
+    x = parse_body(body, content_type, model.predictor.features, settings.max_rows)
+    predictions = predict(x, model, settings, metrics)
     content = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
     return content, len(x)
 
@@ -71,16 +74,33 @@ async def score_admitted(
 ) -> tuple[bytes, int]:
     """``score`` within a scoring slot: small bodies on the loop, big ones in a thread, under
     ``request_timeout_seconds`` (504; the slot stays taken until the work really ends)."""
+    work = functools.partial(score, body, content_type, model, settings, metrics)
+    return await run_admitted(work, len(body), settings, in_flight)
+
+
+def predict(x: np.ndarray, model: LoadedModel, settings: Settings, metrics: Metrics) -> np.ndarray:
+    """P(target = 1) for each row of a validated matrix, counted in the metrics."""
+    predictions = np.asarray(
+        model.predictor.predict(x, settings.threads_for(len(x))), dtype=np.float64
+    )
+    metrics.observe_predictions(predictions)
+    return predictions
+
+
+async def run_admitted(
+    work: Callable[[], T], body_size: int, settings: Settings, in_flight: InFlight
+) -> T:
+    """Run one request's scoring ``work`` within a scoring slot: for bodies up to
+    ``inline_body_bytes`` on the loop, bigger ones in a thread under ``request_timeout_seconds``
+    (504; the slot stays taken until the work really ends). Every scoring route goes through it."""
     with in_flight.slot() as slot:
-        if len(body) <= settings.inline_body_bytes:
+        if body_size <= settings.inline_body_bytes:
             # Small bodies cost less than a thread hop: score them right here.
-            return score(body, content_type, model, settings, metrics)
-        work = asyncio.ensure_future(
-            run_in_threadpool(score, body, content_type, model, settings, metrics)
-        )
-        slot.release_when_done(work)
+            return work()
+        task = asyncio.ensure_future(run_in_threadpool(work))
+        slot.release_when_done(task)
         try:
-            return await asyncio.wait_for(asyncio.shield(work), settings.request_timeout_seconds)
+            return await asyncio.wait_for(asyncio.shield(task), settings.request_timeout_seconds)
         except TimeoutError:
             raise ScoringTimeout(
                 f"scoring took longer than {settings.request_timeout_seconds:g}s"
