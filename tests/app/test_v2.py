@@ -333,7 +333,7 @@ def hostile_cases(frame: pd.DataFrame) -> list[tuple[str, bytes | str, dict[str,
         ("no data", with_input(data=None), no_json, 422, "no 'data'"),
         (
             "Infinity",
-            with_input(data=[math.inf] + good["inputs"][0]["data"][1:]),
+            with_input(data=[math.inf, *good["inputs"][0]["data"][1:]]),
             no_json,
             422,
             "infinite",
