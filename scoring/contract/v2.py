@@ -25,8 +25,9 @@ at fault; the HTTP door answers them as the protocol's ``{"error": "..."}``.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -308,7 +309,9 @@ def _matrix(
             "send one 1-D tensor per feature, named after it)"
         )
     check_row_count(tensor.shape[0], max_rows)
-    values = _values(tensor, blob, dtype)
+    values = _values(
+        tensor, blob, dtype, lambda i: _cell(i // n_features, features[i % n_features])
+    )
     return values.reshape(tensor.shape[0], n_features)
 
 
@@ -344,12 +347,19 @@ def _columns(
     x = np.empty((rows, len(features)), dtype=np.float64)
     position = {f: j for j, f in enumerate(features)}
     for i, tensor in enumerate(request.inputs):
-        x[:, position[tensor.name]] = _values(tensor, binary.get(i), _dtype(tensor))
+        x[:, position[tensor.name]] = _values(
+            tensor, binary.get(i), _dtype(tensor), functools.partial(_column_cell, tensor.name)
+        )
     return x
 
 
-def _values(tensor: RequestInput, blob: bytes | None, dtype: np.dtype[Any]) -> np.ndarray:
-    """The tensor's values, flat, as float64; their count checked against its shape."""
+def _values(
+    tensor: RequestInput, blob: bytes | None, dtype: np.dtype[Any], at: Callable[[int], str]
+) -> np.ndarray:
+    """The tensor's values, flat, as float64; their count checked against its shape.
+
+    ``at``: names the row and column of the value at a flat position, for error messages.
+    """
     count = math.prod(tensor.shape)
     name = quote_name(tensor.name)
     if blob is not None:
@@ -369,19 +379,21 @@ def _values(tensor: RequestInput, blob: bytes | None, dtype: np.dtype[Any]) -> n
     kinds = set(map(type, flat))
     integer = dtype.kind in "iu"
     allowed = {int} if integer else {int, float, _NONE}
-    bad = kinds - allowed
-    if bad:
+    if kinds - allowed:
+        i, value = next((i, v) for i, v in enumerate(flat) if type(v) not in allowed)
         what = {
-            bool: "booleans",
-            str: "strings",
-            dict: "objects",
-            list: "lists",
-            float: "fractions",
+            bool: "a boolean",
+            str: "a string",
+            dict: "an object",
+            list: "a list",
+            float: "a fraction",
             _NONE: "null",
         }
-        found = what.get(next(iter(bad)), "other values")
+        found = what.get(type(value), "other values")
         expected = "integers" if integer else "numbers or null"
-        raise InvalidValue(f"input {name} ({tensor.datatype}): expected {expected}, got {found}")
+        raise InvalidValue(
+            f"input {name} ({tensor.datatype}), {at(i)}: expected {expected}, got {found}"
+        )
     try:
         values = np.array(flat, dtype=np.float64)
     except OverflowError:
@@ -395,6 +407,14 @@ def _values(tensor: RequestInput, blob: bytes | None, dtype: np.dtype[Any]) -> n
         with np.errstate(over="ignore"):
             values = values.astype(dtype).astype(np.float64)
     return values
+
+
+def _cell(row: int, column: str) -> str:
+    return f"row {row}, column {quote_name(column)}"
+
+
+def _column_cell(column: str, row: int) -> str:
+    return _cell(row, column)
 
 
 def _flatten(tensor: RequestInput, name: str) -> list[Any]:
