@@ -130,11 +130,13 @@ async def reserve_memory(
 
 @dataclass(frozen=True)
 class Scored:
-    """One scored body: the JSON answer, and the rows and probabilities (for shadow scoring)."""
+    """One scored body: the answer, and the rows and probabilities (for shadow scoring)."""
 
     content: bytes
     x: np.ndarray
     predictions: np.ndarray
+    media_type: str = "application/json"
+    headers: dict[str, str] | None = None
 
     @property
     def rows(self) -> int:
@@ -147,6 +149,21 @@ def model_labels(model: LoadedModel, role: str) -> tuple[str, str, str]:
     return name, model.version or "", role
 
 
+def predict(
+    x: np.ndarray, model: LoadedModel, settings: Settings, metrics: Metrics, role: str = "champion"
+) -> np.ndarray:
+    """P(target = 1) for each row of a validated matrix, counted in the metrics (per model too)."""
+    started = time.perf_counter()
+    predictions = np.asarray(
+        model.predictor.predict(x, settings.threads_for(len(x))), dtype=np.float64
+    )
+    labels = model_labels(model, role)
+    metrics.observe_predictions(predictions, labels)
+    metrics.model_requests.labels(*labels).inc()
+    metrics.model_latency.labels(*labels).observe(time.perf_counter() - started)
+    return predictions
+
+
 def score(
     body: bytes,
     content_type: str | None,
@@ -156,15 +173,9 @@ def score(
     *,
     role: str = "champion",
 ) -> Scored:
-    """Parse, validate and score one body."""
-    started = time.perf_counter()
-    predictor = model.predictor
-    x = parse_body(body, content_type, predictor.features, settings.max_rows)
-    predictions = np.asarray(predictor.predict(x, settings.threads_for(len(x))), dtype=np.float64)
-    labels = model_labels(model, role)
-    metrics.observe_predictions(predictions, labels)
-    metrics.model_requests.labels(*labels).inc()
-    metrics.model_latency.labels(*labels).observe(time.perf_counter() - started)
+    """Parse and validate one body by the contract, and score it: MLflow's answer shape."""
+    x = parse_body(body, content_type, model.predictor.features, settings.max_rows)
+    predictions = predict(x, model, settings, metrics, role)
     content = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
     return Scored(content, x, predictions)
 

@@ -26,7 +26,7 @@ from app.connections import guard_connections
 from app.limits import Admission, limit_arenas
 from app.model_holder import ModelHolder
 from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
-from app.routes import admin, health, invocations, model
+from app.routes import admin, health, invocations, model, v2
 from scoring.contract.models import contract_for, invocations_openapi
 from scoring.errors import ServiceError
 from scoring.features import SANTANDER_FEATURES
@@ -147,6 +147,7 @@ def create_app(
     app.include_router(invocations.router)
     app.include_router(health.router)
     app.include_router(model.router)
+    app.include_router(v2.router)
     if settings.admin_token is not None and settings.admin_token.get_secret_value():
         app.include_router(admin.router)
 
@@ -246,6 +247,7 @@ OPENAPI_TAGS = [
     {"name": "scoring", "description": "Score rows: P(target = 1) for each"},
     {"name": "health", "description": "Liveness, readiness, versions"},
     {"name": "model", "description": "What is being served"},
+    {"name": "v2", "description": "The Open Inference Protocol (KServe V2, REST)"},
     {"name": "operations", "description": "Metrics and administration"},
 ]
 

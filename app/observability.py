@@ -189,7 +189,7 @@ class Metrics:
         self.model_rows = Counter("model_rows_total", "Rows scored per model", MODEL_LABELS, **kw)
         self.model_latency = Histogram(
             "model_scoring_duration_seconds",
-            "Seconds to score a request per model (parse and predict; shadow: predict)",
+            "Seconds to predict a request's rows per model (after parsing)",
             MODEL_LABELS,
             buckets=LATENCY_BUCKETS,
             **kw,
