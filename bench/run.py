@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "one-row latency with a shadow challenger against none)",
     )
     p.add_argument("--swaps", type=int, default=10, help="model swaps in the memory part")
+    p.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="reuse compiled trees from earlier runs (default: a cold cache, compiling at start "
+        "as a fresh container would, so memory and start-up include the compiler)",
+    )
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     p.add_argument("--cache", type=Path, default=BENCH_DIR / ".cache")
     return p.parse_args(argv)
@@ -129,10 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         uri = fixture.log_to_store(booster, tmp)
         bodies = write_bodies(tmp, x, one, check)
         # Measure the steady state: ready only once the compiled trees score.
-        ours_env = {
-            "COMPILED_CACHE_DIR": str(args.cache / "lleaves"),
-            "COMPILE_IN_BACKGROUND": "false",
-        }
+        cache = args.cache / "lleaves" if args.warm_cache else tmp / "lleaves-cold"
+        ours_env = {"COMPILED_CACHE_DIR": str(cache), "COMPILE_IN_BACKGROUND": "false"}
         if args.predict_threads is not None:
             ours_env["PREDICT_THREADS"] = str(args.predict_threads)
         runs: list[tuple[str, list[str], str, dict[str, str], bool]] = []
@@ -171,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
                     full=name != "ours_lightgbm",
                 )
             log(f"{name}: {results[name]}")
+        port = servers.free_port()
+        with servers.running(
+            "bare", servers.bare_command(port), port, ready_path="/", log_dir=tmp
+        ) as server:
+            results["bare"] = measure_bare(server, bodies["one"], wrk, args, tmp)
+        log(f"bare: {results['bare']}")
         results["swaps"] = swap_memory(uri, args, tmp)
         log(f"swaps: {results['swaps']}")
         results["shadow"] = shadow_latency(uri, bodies["one"], wrk, args, tmp)
@@ -294,7 +304,7 @@ def measure(
     """Check one server's predictions, then run every measurement on it."""
     url = server.base + "/invocations"
     suffix = "" if is_ours else "_mlflow"
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"ready_s": server.ready_s}
     if is_ours:
         card = load.httpx_get_json(server.base + "/model")
         out["backend"] = card.get("backend", "lightgbm")
@@ -348,6 +358,26 @@ def measure(
     rss, pss = server.rss_bytes()
     out["rss_mb"] = rss / 2**20
     out["pss_mb"] = pss / 2**20
+    return out
+
+
+def measure_bare(
+    server: servers.Server, one: Path, wrk: str, args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
+    """The HTTP floor: the same one-row body, 1 and ``--connections`` connections."""
+    out: dict[str, Any] = {"ready_s": server.ready_s}
+    for key, connections in (("c1", 1), ("cn", args.connections)):
+        run = load.run_wrk(
+            wrk,
+            server.base + "/invocations",
+            one,
+            content_type=JSON,
+            connections=connections,
+            seconds=args.duration,
+            threads=1,
+            work_dir=tmp,
+        )
+        out[key] = vars(run) | {"rps": run.rps}
     return out
 
 

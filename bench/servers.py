@@ -26,6 +26,8 @@ class Server:
     base: str
     proc: subprocess.Popen[bytes]
     log: Path
+    ready_s: float = 0.0
+    """Seconds from process start to the first 200 on the ready path."""
 
     def rss_bytes(self) -> tuple[int, int]:
         """Resident memory of the whole process tree: (sum of RSS, sum of PSS)."""
@@ -63,6 +65,14 @@ def ours_command(uri: str, port: int, workers: int | None) -> list[str]:
         str(port),
         *(["--workers", str(workers)] if workers else []),
     ]
+
+
+def bare_command(port: int) -> list[str]:
+    """The HTTP floor (``bench.bare``) under the same uvicorn the service runs in."""
+    return [
+        sys.executable, "-m", "uvicorn", "bench.bare:app", "--host", "127.0.0.1",
+        "--port", str(port), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
 
 
 def mlflow_command(uri: str, port: int) -> list[str]:
@@ -109,9 +119,11 @@ def running(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    started = time.monotonic()
     server = Server(name, f"http://127.0.0.1:{port}", proc, log)
     try:
         _wait_ready(server, ready_path, timeout)
+        server.ready_s = time.monotonic() - started
         yield server
     finally:
         _stop(proc)
