@@ -6,6 +6,7 @@ Routes stay thin (HTTP in, HTTP out); this module knows the limits, the threads 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 import orjson
@@ -17,6 +18,7 @@ from app.config import Settings
 from app.observability import Metrics
 from scoring.contract.decode import parse_body
 from scoring.errors import BodyTimeout, PayloadTooLarge, ScoringTimeout
+from scoring.explain import explain, reasons
 from scoring.loading import LoadedModel
 
 
@@ -60,6 +62,34 @@ def score(
     return content, len(x)
 
 
+def explain_body(
+    body: bytes,
+    content_type: str | None,
+    model: LoadedModel,
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    top: int | None = None,
+) -> tuple[bytes, int]:
+    """``score``'s twin for ``POST /explain``: the same parse and checks, then each prediction
+    with its exact contributions (``scoring.explain``), and ``top`` reasons per row if asked."""
+    predictor = model.predictor
+    x = parse_body(body, content_type, predictor.features, settings.max_rows)
+    explanation = explain(predictor, x, settings.threads_for(len(x)))
+    answer: dict[str, object] = {
+        "predictions": explanation.predictions,
+        "base_value": explanation.base_value,
+        "features": explanation.features,
+        "contributions": explanation.contributions,
+    }
+    if top:
+        answer["reasons"] = reasons(explanation, x, top)
+    return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), len(x)
+
+
+Scorer = Callable[[bytes, str | None, LoadedModel, Settings, Metrics], tuple[bytes, int]]
+
+
 async def score_admitted(
     body: bytes,
     content_type: str | None,
@@ -68,15 +98,17 @@ async def score_admitted(
     metrics: Metrics,
     *,
     in_flight: InFlight,
+    scorer: Scorer = score,
 ) -> tuple[bytes, int]:
-    """``score`` within a scoring slot: small bodies on the loop, big ones in a thread, under
-    ``request_timeout_seconds`` (504; the slot stays taken until the work really ends)."""
+    """``scorer`` (``score`` unless told) within a scoring slot: small bodies on the loop, big
+    ones in a thread, under ``request_timeout_seconds`` (504; the slot stays taken until the work
+    really ends)."""
     with in_flight.slot() as slot:
         if len(body) <= settings.inline_body_bytes:
             # Small bodies cost less than a thread hop: score them right here.
-            return score(body, content_type, model, settings, metrics)
+            return scorer(body, content_type, model, settings, metrics)
         work = asyncio.ensure_future(
-            run_in_threadpool(score, body, content_type, model, settings, metrics)
+            run_in_threadpool(scorer, body, content_type, model, settings, metrics)
         )
         slot.release_when_done(work)
         try:

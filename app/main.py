@@ -24,7 +24,7 @@ from app.admission import InFlight
 from app.config import Settings, get_settings
 from app.model_holder import ModelHolder
 from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
-from app.routes import admin, health, invocations, model
+from app.routes import admin, explain, health, invocations, model
 from scoring.contract.models import contract_for, invocations_openapi
 from scoring.errors import ServiceError
 from scoring.features import SANTANDER_FEATURES
@@ -105,6 +105,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.in_flight = InFlight(settings.max_in_flight, metrics)
     app.include_router(invocations.router)
+    app.include_router(explain.router)
     app.include_router(health.router)
     app.include_router(model.router)
     if settings.admin_token is not None and settings.admin_token.get_secret_value():
@@ -262,6 +263,8 @@ def _install_openapi(app: FastAPI, holder: ModelHolder) -> None:
         post = schema.get("paths", {}).get("/invocations", {}).get("post")
         if post is not None:
             post["requestBody"] = invocations_openapi(features)["requestBody"]
+        if post is not None and "/explain" in schema["paths"]:  # the same bodies as /invocations
+            schema["paths"]["/explain"]["post"]["requestBody"] = post["requestBody"]
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(contract_for(features).components())
         cache.clear()

@@ -119,7 +119,5 @@ def reason_columns(
     names = np.array(explanation.features, dtype=object)[safe]
     names[~present] = None
     values = np.where(present, np.take_along_axis(x, safe, axis=1), np.nan)
-    weights = np.where(
-        present, np.take_along_axis(explanation.contributions, safe, axis=1), np.nan
-    )
+    weights = np.where(present, np.take_along_axis(explanation.contributions, safe, axis=1), np.nan)
     return [(names[:, i], values[:, i], weights[:, i]) for i in range(index.shape[1])]
