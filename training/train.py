@@ -51,6 +51,7 @@ from training.data import (
     load_csv,
     synthesize,
 )
+from training.explain import log_global_explanation
 from training.plots import (
     importance_figure,
     pr_figure,
@@ -529,6 +530,7 @@ def log_and_register(  # noqa: PLR0917  (the notebooks call it positionally)
             (score_distribution_figure(data.y, cv.oof), "plots/score_distribution.png"),
         ):
             mlflow.log_figure(figure, path)
+        log_global_explanation(booster, data.X)  # mean |contribution| figure + table
         info = mlflow.lightgbm.log_model(
             booster,
             name="model",
