@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.dataplane import explain_body, read_body, score_admitted
+from app.dataplane import CONTRIBUTION_COST, explain_body, read_body, score_admitted
 from app.deps import HolderDep, InFlightDep, MetricsDep, SettingsDep
 from app.schemas import ErrorBody, Explanation
 from scoring.contract.decode import check_media_type
@@ -74,6 +74,8 @@ async def explain(
         metrics,
         in_flight=in_flight,
         scorer=functools.partial(explain_body, top=top),
+        # One row on the loop (a few ms); more in a thread, not to hold up other requests.
+        inline_bytes=settings.inline_body_bytes // CONTRIBUTION_COST,
     )
     request.state.rows = rows
     return Response(content, media_type="application/json")
