@@ -41,8 +41,13 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert results["ours"]["big_arrow_s"]["median"] > 0
     assert results["ours"]["big_parquet_s"]["median"] > 0
     assert results["floor"]["lightgbm_all_s"] > 0
+    explain = results["ours"]["explain"]
+    assert explain["check_max_abs_logit_gap"] <= 1e-9 and explain["rows"] == 50
+    assert explain["c1"]["requests"] > 0 and explain["c1"]["errors"] == 0
+    assert explain["rows_s"]["median"] > 0
 
     table = (out / "latest.md").read_text()
     assert "| 1 row, 1 connection: p50 latency (ms) |" in table
     assert "Arrow IPC stream" in table and "Parquet" in table
+    assert "| 1 row, 1 connection: p50 latency (ms) |" in table.split("**POST /explain**")[1]
     assert table in proc.stdout  # the same table is printed
