@@ -26,7 +26,7 @@ from app.connections import guard_connections
 from app.limits import Admission, limit_arenas
 from app.model_holder import ModelHolder
 from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
-from app.routes import admin, health, invocations, model, v2
+from app.routes import admin, explain, health, invocations, model, v2
 from scoring.contract.models import contract_for, invocations_openapi
 from scoring.errors import ServiceError
 from scoring.features import SANTANDER_FEATURES
@@ -145,6 +145,7 @@ def create_app(
     app.state.api_keys = settings.api_key_set()
     app.state.admission = admission
     app.include_router(invocations.router)
+    app.include_router(explain.router)
     app.include_router(health.router)
     app.include_router(model.router)
     app.include_router(v2.router)
@@ -315,6 +316,8 @@ def _install_openapi(app: FastAPI, holder: ModelHolder, bearer: bool) -> None:
         post = schema.get("paths", {}).get("/invocations", {}).get("post")
         if post is not None:
             post["requestBody"] = invocations_openapi(features)["requestBody"]
+        if post is not None and "/explain" in schema["paths"]:  # the same bodies as /invocations
+            schema["paths"]["/explain"]["post"]["requestBody"] = post["requestBody"]
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(contract_for(features).components())
         if not bearer:

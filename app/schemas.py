@@ -65,3 +65,44 @@ class ModelCard(BaseModel):
     worker_pid: int | None = Field(
         default=None, description="The server process that answered (one of WORKERS)"
     )
+
+
+class Reason(BaseModel):
+    """One reason code: a feature, the row's value of it and what it added to the log-odds."""
+
+    feature: str = Field(examples=["var_81"])
+    value: float | None = Field(description="the row's input; null where it was missing")
+    contribution: float = Field(description="log-odds this feature added (negative: lowered)")
+
+
+class Explanation(BaseModel):
+    """Each prediction with its exact decomposition (TreeSHAP, LightGBM's ``pred_contrib``):
+    ``base_value + sum(contributions[i]) == logit(predictions[i])`` for every row ``i``."""
+
+    predictions: list[float] = Field(description="P(target = 1) per row, as /invocations answers")
+    base_value: float = Field(description="the model's expected log-odds: where every row starts")
+    features: list[str] = Field(description="the model's features: the columns of contributions")
+    contributions: list[list[float]] = Field(
+        description="per row, what each feature added to the log-odds, in the order of features"
+    )
+    reasons: list[list[Reason]] | None = Field(
+        default=None,
+        description="with ?top=K: per row the (up to) K features of largest |contribution|, "
+        "largest first; features that contributed nothing are left out",
+    )
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "predictions": [0.0731],
+                "base_value": -2.2,
+                "features": ["var_0", "var_1", "...", "var_199"],
+                "contributions": [[0.013, -0.2, "...", 0.041]],
+                "reasons": [
+                    [
+                        {"feature": "var_1", "value": 3.25, "contribution": -0.2},
+                        {"feature": "var_199", "value": None, "contribution": 0.041},
+                    ]
+                ],
+            }
+        }
+    )

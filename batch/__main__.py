@@ -64,6 +64,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also load models other than LightGBM (their loading can run code; env "
         "ALLOW_UNTRUSTED_MODELS)",
     )
+    parser.add_argument(
+        "--explain",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write each row's K reason codes (the features with the largest exact "
+        "contributions): reason_1_feature, reason_1_value, reason_1_contribution, ...",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace another job's output")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -89,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             compiled_cache_dir=args.compiled_cache_dir,
             overwrite=args.overwrite,
             allow_untrusted_models=args.allow_untrusted_models,
+            explain=args.explain,
         )
         print(
             f"{len(prepared.pieces)} piece(s) to score with {prepared.job.model_uri} "

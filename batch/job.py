@@ -5,6 +5,10 @@ pieces (a run of Parquet row groups, or a byte range of a CSV file cut at a line
 Dask task reads one piece, checks it with the core's ``scoring.contract.decode.from_table`` (the
 checks behind ``/invocations``), scores it with the core's own predictors (``scoring``) and writes
 one Parquet part ``DIR/part-NNNNN.parquet`` holding the row id next to the probability.
+With ``--explain K`` each part also holds each row's K reason codes (``scoring.explain``: the
+features with the largest exact contributions, largest first) as flat columns
+``reason_1_feature``, ``reason_1_value``, ``reason_1_contribution`` (log-odds), ...,
+``reason_K_...``: null where a row has fewer than K features that contributed anything.
 
 Inputs and output are fsspec URLs (``s3://bucket/in/*.parquet``, ``gs://...``, ``abfs://...``,
 ``file:///data/in``, ``memory://...``) or plain paths, so workers on other machines read and
@@ -61,6 +65,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from scoring.contract.decode import CSV_NULLS, check_columns, csv_header, from_table, is_numeric
 from scoring.errors import InvalidInput, ServiceError, quote_name
+from scoring.explain import explain, reason_columns
 from scoring.loading import LoadOptions, ModelPackage, package_model, predictor_from_package
 from scoring.model_ref import pin
 
@@ -172,6 +177,8 @@ class Job:
     """Score with lleaves-compiled trees on the workers where they match LightGBM."""
     compiled_cache_dir: str | None = None
     """Where each worker machine keeps compiled object code (None: under its temp dir)."""
+    explain: int = 0
+    """Reason codes to write per row (``--explain K``); 0 writes none."""
 
 
 @dataclass
@@ -517,16 +524,23 @@ def _score_piece(piece: Piece, job: Job, model: ModelPackage) -> PieceResult:
         ids = ids.filter(pa.array(keep))
         x = from_table(good, job.features, NO_ROW_LIMIT) if good.num_rows else None
     predictor = _predictor(model, job)
-    probabilities = (
-        predictor.predict(x, job.predict_threads)
-        if x is not None
-        else np.empty(0, dtype=np.float64)
-    )
+    reasons = None
+    if x is None:
+        probabilities = np.empty(0, dtype=np.float64)
+    elif job.explain:
+        explanation = explain(predictor, x, job.predict_threads)
+        probabilities = explanation.predictions
+        reasons = reason_columns(explanation, x, job.explain)
+    else:
+        probabilities = predictor.predict(x, job.predict_threads)
     if rejects:
         _write(
             _rejects_table(piece, read, rejects, table), _join(job.output, "rejects", piece.name)
         )
-    _write(pa.table({job.id_column: ids, PROBABILITY: pa.array(probabilities, pa.float64())}), out)
+    columns = {job.id_column: ids, PROBABILITY: pa.array(probabilities, pa.float64())}
+    if job.explain:
+        columns.update(_reason_arrays(reasons, job.explain))
+    _write(pa.table(columns), out)
     return PieceResult(
         piece.index,
         rows=table.num_rows + len(read.malformed),
@@ -536,6 +550,23 @@ def _score_piece(piece: Piece, job: Job, model: ModelPackage) -> PieceResult:
         worker=_worker_name(),
         backend=str(getattr(predictor, "backend", predictor.flavor)),
     )
+
+
+def _reason_arrays(
+    reasons: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None, k: int
+) -> dict[str, Any]:
+    """The columns ``reason_<i>_feature``, ``_value``, ``_contribution`` for i in 1..k, typed the
+    same in every part (a part with no rows, or rows with fewer reasons, holds nulls)."""
+    import pyarrow as pa
+
+    empty = (np.empty(0, dtype=object), np.empty(0), np.empty(0))
+    out: dict[str, Any] = {}
+    for i in range(k):
+        names, values, weights = empty if reasons is None else reasons[i]
+        out[f"reason_{i + 1}_feature"] = pa.array(names, pa.string())
+        out[f"reason_{i + 1}_value"] = pa.array(values, pa.float64(), from_pandas=True)
+        out[f"reason_{i + 1}_contribution"] = pa.array(weights, pa.float64(), from_pandas=True)
+    return out
 
 
 def _row_in_file(read: _Read, i: int, malformed: bool) -> int:
@@ -601,6 +632,8 @@ def _manifest(job: Job, files: Sequence[str], pieces: Sequence[Piece]) -> dict[s
         "id_column": job.id_column,
         "drop_columns": list(job.drop_columns),
         "bad_rows": job.bad_rows,
+        # Only when asked, so that the folders of jobs without it still resume.
+        **({"explain": job.explain} if job.explain else {}),
         "files": [{"path": f, "bytes": b, "mtime": m} for f, b, m in stats],
         "pieces": len(pieces),
         "plan_sha256": hashlib.sha256(json.dumps(shape).encode()).hexdigest(),
@@ -616,7 +649,8 @@ def prepare_output(output: str, manifest: dict[str, Any], overwrite: bool) -> in
     if fs.exists(job_file):
         previous = json.loads(fs.cat_file(job_file))
         if previous != manifest:
-            changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
+            keys = {**previous, **manifest}  # a key only one of them has differs too
+            changed = sorted(k for k in keys if previous.get(k) != manifest.get(k))
             raise BatchError(
                 f"{output} holds the output of a different job (it differs in: "
                 f"{', '.join(changed)}); pass --overwrite to replace it, or another --output"
@@ -771,6 +805,7 @@ def prepare(
     compiled_cache_dir: str | None = None,
     overwrite: bool = False,
     allow_untrusted_models: bool = False,
+    explain: int = 0,
 ) -> Prepared:
     """Pin and download the model, check every file's columns and plan the pieces, before any
     cluster starts. This is the only step that talks to the MLflow store.
@@ -782,8 +817,15 @@ def prepare(
     """
     if bad_rows not in ("fail", "skip"):
         raise ValueError(f"bad_rows must be 'fail' or 'skip', not {bad_rows!r}")
+    if explain < 0:
+        raise ValueError(f"explain must be 0 or more reasons per row, not {explain}")
     uri = pin(model_uri)
     model = package_model(uri, LoadOptions(allow_untrusted=allow_untrusted_models))
+    if explain and model.booster_text is None:
+        raise BatchError(
+            f"{uri}: a {model.flavor} model gives no per-feature contributions; --explain needs "
+            "a LightGBM model (a Booster or an LGBMClassifier)"
+        )
     out = _output_url(output)
     job = Job(
         model_uri=uri,
@@ -795,6 +837,7 @@ def prepare(
         predict_threads=predict_threads,
         compiled=compiled,
         compiled_cache_dir=compiled_cache_dir,
+        explain=min(explain, len(model.features)),
     )
     files = expand_inputs(inputs)
     pieces = plan(files, job, rows_per_piece, csv_block_bytes)

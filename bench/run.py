@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import fixture, load, report, servers
+from bench import explain, fixture, load, report, servers
 from bench.fixture import ModelSpec
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"shadow: {results['shadow']}")
 
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    table = report.render(results)
+    table = report.render(results) + "\n".join(explain.render(results))
     print(table)
     report.write(results, table, args.out)
     log(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
@@ -281,6 +281,7 @@ def write_bodies(tmp: Path, x: np.ndarray, one: np.ndarray, check: np.ndarray) -
         "big_mlflow": fixture.split_json(x, mlflow_protocol=True),
         "big_parquet": fixture.parquet_body(x),
         "big_arrow": fixture.arrow_body(x),
+        "explain_rows": fixture.split_json(x[: explain.ROWS]),
     }
     paths = {}
     for name, content in bodies.items():
@@ -355,6 +356,17 @@ def measure(
                 raise SystemExit(f"error: {key} answers differ from Booster.predict by {diff:.3g}")
             out[key + "_bytes"] = len(body)
             out[key + "_s"] = load.times_summary(load.time_posts(url, body, media, args.repeats))
+    if is_ours and full:
+        out["explain"] = explain.measure(
+            server.base,
+            one,
+            bodies["explain_rows"].read_bytes(),
+            expected,
+            wrk=wrk,
+            duration=args.duration,
+            repeats=args.repeats,
+            work_dir=tmp,
+        )
     rss, pss = server.rss_bytes()
     out["rss_mb"] = rss / 2**20
     out["pss_mb"] = pss / 2**20

@@ -16,6 +16,7 @@ message that names the field, column or row at fault and never repeats the paylo
     ├── PayloadTooLarge               413  PAYLOAD_TOO_LARGE
     │   └── TooManyRows               413  TOO_MANY_ROWS
     ├── UnsupportedMediaType          415  UNSUPPORTED_MEDIA_TYPE
+    ├── ExplanationsUnavailable       422  EXPLANATIONS_UNAVAILABLE (the model cannot explain)
     ├── Unauthorized                  401  UNAUTHORIZED
     ├── NotFound                      404  NOT_FOUND
     ├── BodyTimeout                   408  BODY_TIMEOUT (slow senders)
@@ -98,6 +99,19 @@ class TooManyRows(PayloadTooLarge):
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     error_code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class ExplanationsUnavailable(ServiceError):
+    """The served model gives no exact per-feature contributions (not a LightGBM model).
+
+    422, not 5xx: nothing is broken, the request is well formed, and retrying cannot help; the
+    answer depends on which model is served, so it is a property of the request's target that the
+    client must learn (and 5xx would page operators for a client's question). Not 501, which
+    says the server lacks the method altogether.
+    """
+
+    status_code = 422
+    error_code = "EXPLANATIONS_UNAVAILABLE"
 
 
 class NotFound(ServiceError):

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from scoring.compiled import CompiledForest, compile_booster
+from scoring.errors import ExplanationsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,31 @@ class BoosterPredictor:
             return compiled.predict(x, threads)
         out = self.booster.predict(x, num_threads=threads)
         return np.asarray(out, dtype=np.float64)
+
+    def contributions(self, x: np.ndarray, threads: int) -> np.ndarray:
+        """Exact per-feature contributions (TreeSHAP, LightGBM's own ``pred_contrib``) in the raw
+        score (log-odds for a binary objective): an ``(n, len(features) + 1)`` matrix whose
+        columns follow ``features`` (the order ``x`` came in), the last one the base value; each
+        row adds up to the row's raw score. LightGBM computes them even where lleaves scores.
+        """
+        booster_x = np.ascontiguousarray(x[:, self._order]) if self._order is not None else x
+        out = np.asarray(
+            self.booster.predict(booster_x, pred_contrib=True, num_threads=threads),
+            dtype=np.float64,
+        )
+        width = len(self.features) + 1
+        if out.ndim != 2 or out.shape[1] != width:
+            raise ExplanationsUnavailable(
+                f"this model gives {out.shape[-1]} contribution columns per row, not {width} "
+                "(one per feature and the base value): only single-output models are explained"
+            )
+        if self._order is not None:
+            # Booster column j is feature self._order[j]; put each back in ``features`` order.
+            reordered = np.empty_like(out)
+            reordered[:, self._order] = out[:, :-1]
+            reordered[:, -1] = out[:, -1]
+            out = reordered
+        return out
 
 
 class PyfuncPredictor:

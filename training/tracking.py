@@ -35,6 +35,7 @@ from sklearn.model_selection import train_test_split
 from scoring.tracking import configure_tracking, ensure_experiment
 from training.config import DEFAULT_ROWS, PROJECT_DIR, Settings
 from training.data import FEATURES, ID, TARGET, features_and_target, load_csv, synthesize
+from training.explain import log_global_explanation
 from training.modelling import CVResult
 from training.plots import (
     importance_figure,
@@ -325,6 +326,7 @@ def log_and_register(  # noqa: PLR0917  (the notebooks call it positionally)
             (score_distribution_figure(data.y, cv.oof), "plots/score_distribution.png"),
         ):
             mlflow.log_figure(figure, path)
+        log_global_explanation(booster, data.X)
         info = mlflow.lightgbm.log_model(
             booster,
             name="model",

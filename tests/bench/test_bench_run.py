@@ -48,10 +48,15 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     shadow = results["shadow"]
     assert shadow["alone"]["requests"] > 0 and shadow["shadow"]["requests"] > 0
     assert shadow["shadow_rows"] + shadow["shadow_dropped_rows"] > 0
+    explain = results["ours"]["explain"]
+    assert explain["check_max_abs_logit_gap"] <= 1e-9 and explain["rows"] == 50
+    assert explain["c1"]["requests"] > 0 and explain["c1"]["errors"] == 0
+    assert explain["rows_s"]["median"] > 0
 
     table = (out / "latest.md").read_text()
     assert "| 1 row, 1 connection: p50 latency (ms) |" in table
     assert "Arrow IPC stream" in table and "Parquet" in table
     assert "Resident memory across model swaps" in table
     assert "A shadow challenger" in table
+    assert "| 1 row, 1 connection: p50 latency (ms) |" in table.split("**POST /explain**")[1]
     assert table in proc.stdout  # the same table is printed

@@ -1,4 +1,4 @@
-"""Execute the four notebooks headless with small data; a cell that raises fails the test.
+"""Execute the notebooks headless with small data; a cell that raises fails the test.
 
 The notebooks check their own claims (conclusions, run comparisons, served-vs-in-process
 predictions) with assertions, so running them is the test; these tests add what only the
@@ -26,6 +26,7 @@ EXPLORE = "01_explore_data.ipynb"
 TRAIN = "02_train_and_track.ipynb"
 API = "03_call_the_api.ipynb"
 TUNE = "04_tune.ipynb"
+EXPLAIN = "05_explain.ipynb"
 # The explore notebook's conclusions are checked against chance levels; 20,000 rows are enough
 # for them to hold and still take seconds.
 EXPLORE_ROWS = 20_000
@@ -172,3 +173,22 @@ def test_tune(run_notebook: RunNotebook, tmp_path: Path) -> None:
     assert "registered nb-tuned v1" in text
     assert len(outputs(notebook, "image/png")) == 1
     assert "the study in the MLflow UI" in "".join(outputs(notebook, "text/markdown"))
+
+
+def test_explain(run_notebook: RunNotebook, api_url: str, tmp_path: Path) -> None:
+    notebook = run_notebook(
+        EXPLAIN,
+        api_url=api_url,
+        data_file=str(tmp_path / "absent.csv"),
+        rows=300,
+        top=6,
+        ready_timeout=30,
+    )
+    text = "".join(outputs(notebook, "stream"))
+    assert "300 rows from " in text and " explained in " in text
+    assert "contributions add up: largest |base + sum - logit(p)| over 300 rows" in text
+    assert "in-process models:/santander/" in text
+    assert "its 6 reasons" in text
+    assert len(outputs(notebook, "image/png")) == 2  # the waterfall, the global ranking
+    tables = "".join(outputs(notebook, "text/plain"))
+    assert "contribution" in tables and "gain_rank" in tables

@@ -97,11 +97,12 @@ def server(booster_model: LoggedModel) -> Iterator[str]:
         yield base
 
 
+@pytest.mark.parametrize("route", ["/invocations", "/explain"])  # one contract, both routes
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_request_gets_its_4xx(server: str, name: str) -> None:
+def test_hostile_request_gets_its_4xx(server: str, name: str, route: str) -> None:
     content_type, body, status, code = HOSTILE[name]
     headers = {"content-type": content_type} if content_type else {}
-    r = httpx.post(f"{server}/invocations", content=body, headers=headers, timeout=30)
+    r = httpx.post(f"{server}{route}", content=body, headers=headers, timeout=30)
     assert r.status_code == status, r.text[:300]
     payload = r.json()
     assert payload["error_code"] == code

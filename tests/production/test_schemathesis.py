@@ -80,6 +80,7 @@ def test_every_operation_holds_its_contract(loaded_holder: ModelHolder) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {
         "/invocations",
+        "/explain",
         "/model",
         "/health/ready",
         "/metrics",

@@ -1,0 +1,181 @@
+"""POST /explain: LightGBM's own contributions, adding up to the logit of what /invocations
+serves, reason codes, and the very same refusals as /invocations."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from mlflow.models import infer_signature
+from scipy.special import logit
+
+from app.config import Settings
+from app.main import create_app
+from tests.app.test_pyfunc_fallback import MeanOfTwo
+from tests.conftest import LoggedModel
+from tests.contract_cases import ACCEPTED, JSON, REFUSED, ROW, split
+from tests.helpers import FEATURES, make_frame
+
+
+def _post(client: TestClient, path: str, frame_json: str, **params: object):  # type: ignore[no-untyped-def]
+    return client.post(path, content=frame_json, headers=JSON, params=params)
+
+
+@pytest.mark.parametrize("rows", [1, 50])  # one row scores on the loop, 50 in a thread
+def test_contributions_are_lightgbms_and_add_up_to_the_served_logit(
+    client: TestClient, booster_model: LoggedModel, rows: int
+) -> None:
+    frame = booster_model.frame.iloc[:rows] if rows > 1 else booster_model.frame.iloc[3:4]
+    assert frame.isna().to_numpy().any()  # a missing value among the rows
+    body = frame.to_json(orient="split")
+    r = _post(client, "/explain", body)
+    assert r.status_code == 200, r.text[:300]
+    answer = r.json()
+    assert set(answer) == {"predictions", "base_value", "features", "contributions"}
+    assert answer["features"] == FEATURES
+    contributions = np.array(answer["contributions"])
+    assert contributions.shape == (rows, len(FEATURES))
+
+    booster = mlflow.lightgbm.load_model(booster_model.model_uri)
+    native = booster.predict(frame.to_numpy(), pred_contrib=True)
+    np.testing.assert_allclose(contributions, native[:, :-1], rtol=0, atol=1e-9)
+    assert answer["base_value"] == pytest.approx(native[0, -1], abs=1e-12)
+
+    served = np.array(_post(client, "/invocations", body).json()["predictions"])
+    np.testing.assert_array_equal(answer["predictions"], served)
+    sums = answer["base_value"] + contributions.sum(axis=1)
+    np.testing.assert_allclose(sums, logit(served), rtol=0, atol=1e-9)
+
+
+def test_top_k_reasons_are_ordered_and_consistent(
+    client: TestClient, booster_model: LoggedModel
+) -> None:
+    frame = booster_model.frame.iloc[:10]
+    r = _post(client, "/explain", frame.to_json(orient="split"), top=4)
+    assert r.status_code == 200, r.text[:300]
+    answer = r.json()
+    for row, listed in enumerate(answer["reasons"]):
+        weights = np.array(answer["contributions"][row])
+        assert 0 < len(listed) <= 4
+        magnitudes = [abs(reason["contribution"]) for reason in listed]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+        assert magnitudes[0] == np.abs(weights).max()
+        for reason in listed:
+            assert set(reason) == {"feature", "value", "contribution"}
+            j = FEATURES.index(reason["feature"])
+            assert reason["contribution"] == weights[j]
+            value = frame.iloc[row, j]
+            assert reason["value"] == (None if np.isnan(value) else value)
+    # The same row alone has the same reasons: nothing depends on the other rows.
+    alone = _post(client, "/explain", frame.iloc[2:3].to_json(orient="split"), top=4).json()
+    assert alone["reasons"][0] == answer["reasons"][2]
+
+
+def test_top_is_checked(client: TestClient) -> None:
+    body = split([ROW])
+    for bad in ("0", "-1", "x"):
+        r = client.post("/explain", content=body, headers=JSON, params={"top": bad})
+        assert r.status_code == 422 and r.json()["error_code"] == "INVALID_INPUT", bad
+    r = client.post("/explain", content=body, headers=JSON, params={"top": 5000})
+    assert r.status_code == 200 and len(r.json()["reasons"][0]) <= len(FEATURES)
+
+
+def test_classifier_model_is_explained(
+    classifier_client: TestClient, classifier_model: LoggedModel
+) -> None:
+    body = classifier_model.frame.iloc[:5].to_json(orient="split")
+    answer = _post(classifier_client, "/explain", body, top=3).json()
+    clf = mlflow.lightgbm.load_model(classifier_model.model_uri)
+    native = clf.booster_.predict(classifier_model.frame.iloc[:5].to_numpy(), pred_contrib=True)
+    np.testing.assert_allclose(answer["contributions"], native[:, :-1], rtol=0, atol=1e-9)
+    sums = answer["base_value"] + np.sum(answer["contributions"], axis=1)
+    served = _post(classifier_client, "/invocations", body).json()["predictions"]
+    np.testing.assert_allclose(sums, logit(served), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(served, classifier_model.expected[:5], rtol=0, atol=1e-12)
+    assert all(len(r) == 3 for r in answer["reasons"])
+
+
+HOSTILE = {name: (c.body, c.headers) for name, c in REFUSED.items()}
+HOSTILE["too many rows"] = (split([ROW] * 1001), JSON)
+HOSTILE["body too large"] = (split([ROW]) + " " * 2_000_001, JSON)
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_every_refusal_of_invocations_is_the_same_on_explain(client: TestClient, name: str) -> None:
+    body, headers = HOSTILE[name]
+    scored = client.post("/invocations", content=body, headers=headers)
+    explained = client.post("/explain", content=body, headers=headers)
+    assert 400 <= scored.status_code < 500
+    assert explained.status_code == scored.status_code, explained.text[:300]
+    assert explained.json() == scored.json()
+    case = REFUSED.get(name)
+    if case is not None:
+        assert explained.json()["error_code"] == case.code
+
+
+@pytest.mark.parametrize("name", list(ACCEPTED))
+def test_every_accepted_body_is_explained(client: TestClient, name: str) -> None:
+    case = ACCEPTED[name]
+    scored = client.post("/invocations", content=case.body, headers=case.headers)
+    explained = client.post("/explain", content=case.body, headers=case.headers)
+    assert explained.status_code == 200, explained.text[:300]
+    answer = explained.json()
+    assert answer["predictions"] == scored.json()["predictions"]
+    sums = answer["base_value"] + np.sum(answer["contributions"], axis=1)
+    np.testing.assert_allclose(sums, logit(answer["predictions"]), rtol=0, atol=1e-9)
+
+
+def test_a_pyfunc_model_gets_a_clear_4xx(tracking_dir) -> None:  # type: ignore[no-untyped-def]
+    frame, _ = make_frame(4, seed=41)
+    with mlflow.start_run() as run:
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=MeanOfTwo(),
+            signature=infer_signature(frame, MeanOfTwo().predict(None, frame)),
+            pip_requirements=["mlflow"],
+        )
+    settings = Settings(model_uri=run.info.run_id, allow_untrusted_models=True)
+    with TestClient(create_app(settings)) as client:
+        body = frame.to_json(orient="split")
+        assert _post(client, "/invocations", body).status_code == 200
+        r = _post(client, "/explain", body, top=3)
+        assert r.status_code == 422
+        assert r.json()["error_code"] == "EXPLANATIONS_UNAVAILABLE"
+        assert "python_function" in r.json()["message"]
+        assert "LightGBM" in r.json()["message"]
+
+
+def test_published_in_openapi_and_counted_in_metrics(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    post = schema["paths"]["/explain"]["post"]
+    assert post["requestBody"] == schema["paths"]["/invocations"]["post"]["requestBody"]
+    assert "split" in post["requestBody"]["content"]["application/json"]["examples"]
+    ok = post["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/Explanation"}
+    published = schema["components"]["schemas"]["Explanation"]
+    assert {"predictions", "base_value", "features", "contributions", "reasons"} <= set(
+        published["properties"]
+    )
+    assert "example" in published
+    assert "EXPLANATIONS_UNAVAILABLE" in post["responses"]["422"]["description"]
+    assert any(p["name"] == "top" for p in post["parameters"])
+
+    client.post("/explain", content=split([ROW]), headers=JSON)
+    metrics = client.get("/metrics").text
+    assert 'http_requests_total{method="POST",route="/explain",status="200"}' in metrics
+    assert 'http_request_duration_seconds_count{route="/explain"}' in metrics
+
+
+def test_answer_is_plain_json(client: TestClient) -> None:
+    """NaN never leaks into the JSON: a missing input value is null in the reasons."""
+    row = list(ROW)
+    row[0] = None  # type: ignore[call-overload]
+    r = client.post("/explain", content=split([row]), headers=JSON, params={"top": 200})
+    assert r.status_code == 200
+    answer = json.loads(r.text, parse_constant=pytest.fail)  # no NaN or Infinity tokens
+    values = {reason["feature"]: reason["value"] for reason in answer["reasons"][0]}
+    assert values and all(v == 0.5 for k, v in values.items() if k != "var_0")
+    assert values.get("var_0") is None
