@@ -56,6 +56,7 @@ def score(
     x = parse_body(body, content_type, predictor.features, settings.max_rows)
     predictions = np.asarray(predictor.predict(x, settings.threads_for(len(x))), dtype=np.float64)
     metrics.observe_predictions(predictions)
+    metrics.observe_scored(x, predictions, model)
     content = orjson.dumps({"predictions": predictions}, option=orjson.OPT_SERIALIZE_NUMPY)
     return content, len(x)
 

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from app.admission import InFlight
 from app.config import Settings
 from app.model_holder import ModelHolder
+from app.monitoring import Monitoring
 from app.observability import Metrics
 
 
@@ -32,7 +33,13 @@ def _in_flight(request: Request) -> InFlight:
     return in_flight
 
 
+def _monitoring(request: Request) -> Monitoring:
+    monitoring: Monitoring = request.app.state.monitoring
+    return monitoring
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 HolderDep = Annotated[ModelHolder, Depends(_holder)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 InFlightDep = Annotated[InFlight, Depends(_in_flight)]
+MonitoringDep = Annotated[Monitoring, Depends(_monitoring)]

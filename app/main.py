@@ -23,8 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.admission import InFlight
 from app.config import Settings, get_settings
 from app.model_holder import ModelHolder
+from app.monitoring import Monitoring
 from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
-from app.routes import admin, health, invocations, model
+from app.routes import admin, health, invocations, model, monitoring
 from scoring.contract.models import contract_for, invocations_openapi
 from scoring.errors import ServiceError
 from scoring.features import SANTANDER_FEATURES
@@ -61,6 +62,7 @@ def create_app(
             holder.current = LoadedModel(predictor=predictor, uri=settings.model_uri or "memory")
     holder.on_swap.append(lambda new, old: _record_swap(metrics, new, old))
     holder.on_failure.append(lambda cause: metrics.load_failures.inc())
+    watch = Monitoring(settings, metrics, holder)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,6 +81,7 @@ def create_app(
             tasks.append(asyncio.create_task(holder.poll(settings.model_poll_seconds)))
         if holder.signal_file is not None:
             tasks.append(asyncio.create_task(holder.follow_reloads()))
+        tasks.append(asyncio.create_task(watch.run()))
         try:
             yield
         finally:
@@ -104,9 +107,11 @@ def create_app(
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.in_flight = InFlight(settings.max_in_flight, metrics)
+    app.state.monitoring = watch
     app.include_router(invocations.router)
     app.include_router(health.router)
     app.include_router(model.router)
+    app.include_router(monitoring.router)
     if settings.admin_token is not None and settings.admin_token.get_secret_value():
         app.include_router(admin.router)
 

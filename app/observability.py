@@ -117,6 +117,8 @@ class Metrics:
         self.load_failures = Counter("model_load_failures_total", "Failed model loads", **kw)
         self.loads = Counter("model_loads_total", "Successful model loads", **kw)
         self.shed = Counter("requests_shed_total", "Requests refused with 503 (overload)", **kw)
+        # Who else sees every scored batch (drift, the inference log: app.monitoring).
+        self.scored_sinks: list[Callable[[np.ndarray, np.ndarray, Any], None]] = []
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess:
@@ -140,6 +142,15 @@ class Metrics:
             if count:
                 self.probability_bins.labels(label).inc(count)
         self.probability_sum.inc(float(values.sum()))
+
+    def observe_scored(self, x: np.ndarray, predictions: np.ndarray, model: Any) -> None:
+        """Hand a scored batch (rows in the model's feature order) to the sinks; a failing sink
+        is logged, never the request's failure."""
+        for sink in self.scored_sinks:
+            try:
+                sink(x, predictions, model)
+            except Exception:
+                logging.getLogger(__name__).exception("a scored-rows sink failed")
 
     def model_loaded(
         self,

@@ -42,6 +42,7 @@ from sklearn.metrics import roc_auc_score
 from batch.cluster import dask_client
 from scoring.tracking import configure_tracking, ensure_experiment
 from training.data import FEATURES, ID, TARGET, check_frame, synthesize
+from training.profile import sample_for_profile
 from training.promote import promote
 from training.train import (
     DEFAULT,
@@ -185,6 +186,7 @@ def run_distributed(settings: Settings, scheduler: str = "local", workers: int =
         final.fit(frame[FEATURES], frame[TARGET])
         booster = final.booster_
         example = frame.head(1000)
+        profile_rows = sample_for_profile(frame, FEATURES)
     # The run records the rows in the order their out-of-fold scores came back.
     y = oof[TARGET].to_numpy()
     with warnings.catch_warnings():
@@ -192,7 +194,7 @@ def run_distributed(settings: Settings, scheduler: str = "local", workers: int =
         # Digest and schema of a sample: the whole table never comes to this machine.
         dataset = from_pandas(example, source=dataset_source, targets=TARGET, name="dask-train")
     dataset.__dict__["schema"] = dataset_schema(example)
-    data = TrainingData(frame=example, X=example[FEATURES], y=y, source=source, dataset=dataset)
+    data = TrainingData(frame=example, X=profile_rows, y=y, source=source, dataset=dataset)
     params = {**params, "dask_workers": n_workers, "dask_scheduler": scheduler}
     logged = log_and_register(data, params, cv, booster, settings, experiment_id=experiment_id)
     say(f"logged run {logged.run_id} ({logged.model_uri})")

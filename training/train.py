@@ -57,6 +57,7 @@ from training.plots import (
     roc_figure,
     score_distribution_figure,
 )
+from training.profile import log_reference_profile
 from training.promote import CV_METRIC, POLICIES, Policy, promote
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -537,6 +538,7 @@ def log_and_register(  # noqa: PLR0917  (the notebooks call it positionally)
             registered_model_name=settings.register_as or None,
             pip_requirements=pip_requirements(),
         )
+        log_reference_profile(info.model_id, data.X, cv.oof)
     registered = info.registered_model_version
     return LoggedRun(
         run_id=run_id,
