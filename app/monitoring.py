@@ -236,6 +236,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "computed_at": _iso(result["computed_at"]),
         "computed_rows": result["rows"],
+        "computed_rows_seen": result["rows_seen"],
         "prediction_psi": result["prediction_psi"],
         "max_feature_psi": result["max_feature_psi"],
         "features_over_watch": result["features_over_watch"],
