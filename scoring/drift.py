@@ -145,7 +145,8 @@ def profile_column(values: np.ndarray, quantiles: Sequence[float] = DECILES) -> 
     values = np.asarray(values, dtype=np.float64)
     present = values[~np.isnan(values)]
     if present.size:
-        edges = np.unique(np.quantile(present, quantiles))
+        # Edges are data values (no interpolation): a discrete feature keeps its own values.
+        edges = np.unique(np.quantile(present, quantiles, method="inverted_cdf"))
         mean, std = float(present.mean()), float(present.std())
     else:
         edges, mean, std = np.empty(0), math.nan, math.nan
