@@ -18,65 +18,30 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
-import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import LoggedModel
-from tests.helpers import server_process
-from training.data import FEATURES, synthesize
-from training.train import (
-    QUICK,
-    cross_validate,
-    default_params,
-    fit_final,
-    load_or_synthesize,
-    log_and_register,
+from tests.conftest import (
+    DRIFT_MODEL as NAME,
 )
+from tests.conftest import (
+    DRIFT_WINDOW as WINDOW,
+)
+from tests.conftest import (
+    SHIFTED,
+    LoggedModel,
+    fresh_rows,
+)
+from tests.helpers import server_process
+from training.data import FEATURES
 
-TRAIN_ROWS = 6_000
-WINDOW = 3_000
-SHIFTED = ("var_3", "var_17", "var_50", "var_111", "var_199")
-NAME = "drift-model"
 BATCH = 250
-
-
-@pytest.fixture(scope="module")
-def profiled_model(tracking_dir: Path) -> str:
-    """A model trained and logged by the training pipeline: ``models:/drift-model/<version>``."""
-    data = load_or_synthesize(None, TRAIN_ROWS, seed=0)
-    params = default_params(seed=0, learning_rate=0.1, num_threads=1)
-    cv = cross_validate(
-        data.X, data.y, params, 2, num_boost_round=60, early_stopping_rounds=15, log_every=0
-    )
-    booster = fit_final(data.X, data.y, params, cv.final_rounds, log_every=0)
-    experiment = mlflow.get_experiment_by_name("tests")
-    assert experiment is not None
-    settings = replace(QUICK, register_as=NAME, promote="never")
-    logged = log_and_register(
-        data, params, cv, booster, settings, experiment_id=experiment.experiment_id
-    )
-    return f"models:/{NAME}/{logged.version}"
-
-
-def fresh_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows of the training distribution not trained on, and the same kind of rows shifted."""
-    frame = synthesize(TRAIN_ROWS + 2 * WINDOW, seed=0)[FEATURES]
-    train_std = synthesize(TRAIN_ROWS, seed=0)[FEATURES].std()
-    same = frame.iloc[TRAIN_ROWS : TRAIN_ROWS + WINDOW].reset_index(drop=True)
-    shifted = frame.iloc[TRAIN_ROWS + WINDOW :].reset_index(drop=True)
-    for feature in SHIFTED:
-        shifted[feature] = shifted[feature] + train_std[feature]
-    return same, shifted
 
 
 def send(base: str, rows: pd.DataFrame, prefix: str) -> dict[str, pd.DataFrame]:
