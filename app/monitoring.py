@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 TOP_FEATURES = 10
 """How many of the most drifted features ``/monitoring`` lists."""
+WRITER_POLL_SECONDS = 0.5
+"""How often the inference log's writer takes what is queued."""
 
 
 def _model_labels(model: LoadedModel) -> tuple[str, str]:
@@ -351,7 +353,10 @@ class InferenceLog:
             features = tuple(model.predictor.features)
             self._queue.append(_Batch(request_id, at, name, version, features, x, predictions))
             self._pending += n
-            self._cond.notify()
+            # Wake the writer only for a big backlog: a wake-up per request would cost the
+            # request a thread switch. Otherwise it looks every WRITER_POLL_SECONDS.
+            if self._pending >= self.queue_rows // 4:
+                self._cond.notify()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
@@ -386,9 +391,11 @@ class InferenceLog:
         opened = 0.0
         while True:
             with self._cond:
-                if not self._queue and not self._closing:
-                    wait = self.roll_seconds - (time.monotonic() - opened) if batches else None
-                    self._cond.wait(None if wait is None else max(wait, 0.0))
+                if not self._closing:
+                    wait = WRITER_POLL_SECONDS
+                    if batches:
+                        wait = min(wait, self.roll_seconds - (time.monotonic() - opened))
+                    self._cond.wait(max(wait, 0.0))
                 taken = list(self._queue)
                 self._queue.clear()
                 closing = self._closing
