@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base = results["nothing watching"]
     print(
-        f"one-row score() in process, {args.trees} trees, LightGBM backend, median of 9 alternating rounds"
+        f"one-row score() in process, {args.trees} trees, LightGBM backend, "
+        "median of 9 alternating rounds"
     )
     print(f"{'set-up':<20}{'us/call':>10}{'cost':>9}{'hook us':>10}{'hook / call':>13}")
     for name, seconds in results.items():
