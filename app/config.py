@@ -191,6 +191,30 @@ class Settings(BaseSettings):
     decision_threshold: float = Field(default=0.5, ge=0, le=1)
     """Where a probability becomes a positive, for the champion/challenger agreement figures."""
 
+    drift_window: int = Field(default=10_000, ge=0)
+    """Scored rows kept (per worker) to compare with the training profile; 0: no drift."""
+
+    drift_every_seconds: float = Field(default=60.0, gt=0)
+    """How often drift (PSI per feature and of the predictions) is computed, off the hot path."""
+
+    drift_min_rows: int = Field(default=1_000, ge=1)
+    """Fewer rows in the window than this (or than the window): no verdict yet, too noisy."""
+
+    inference_log_dir: str | None = None
+    """Folder or fsspec URL (s3://...) for the inference log (Parquet); unset: no log."""
+
+    inference_log_sample: float | None = Field(default=None, gt=0, le=1)
+    """Fraction of rows logged; unset: 1.0 when INFERENCE_LOG_DIR is set."""
+
+    inference_log_roll_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    """A log file is closed once its rows take about this many bytes (uncompressed)."""
+
+    inference_log_roll_seconds: float = Field(default=300.0, gt=0)
+    """A log file is closed at the latest this long after its first row."""
+
+    inference_log_queue_rows: int = Field(default=100_000, gt=0)
+    """Rows waiting for the log writer beyond which new rows are dropped (and counted)."""
+
     @field_validator("challenger_mode")
     @classmethod
     def _valid_mode(cls, value: str) -> str:

@@ -160,6 +160,8 @@ def predict(
     )
     labels = model_labels(model, role)
     metrics.observe_predictions(predictions, labels)
+    if role == "champion":  # drift and the inference log follow the served model
+        metrics.observe_scored(x, predictions, model)
     metrics.model_requests.labels(*labels).inc()
     metrics.model_latency.labels(*labels).observe(time.perf_counter() - started)
     return predictions

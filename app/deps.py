@@ -17,6 +17,7 @@ from app.auth import ApiKeys
 from app.config import Settings
 from app.limits import Admission
 from app.model_holder import ModelHolder
+from app.monitoring import Monitoring
 from app.observability import Metrics
 from scoring.errors import Unauthorized
 
@@ -79,9 +80,16 @@ def _scoring_auth(
 ScoringAuth = Security(_scoring_auth)
 """Router-level guard of the scoring routes: ``APIRouter(dependencies=[ScoringAuth])``."""
 
+
+def _monitoring(request: Request) -> Monitoring:
+    monitoring: Monitoring = request.app.state.monitoring
+    return monitoring
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 HolderDep = Annotated[ModelHolder, Depends(_holder)]
 ChallengerDep = Annotated[ModelHolder | None, Depends(_challenger)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 InFlightDep = Annotated[InFlight, Depends(_in_flight)]
 AdmissionDep = Annotated[Admission, Depends(_admission)]
+MonitoringDep = Annotated[Monitoring, Depends(_monitoring)]

@@ -25,8 +25,9 @@ from app.config import Settings, get_settings
 from app.connections import guard_connections
 from app.limits import Admission, limit_arenas
 from app.model_holder import ModelHolder
+from app.monitoring import Monitoring
 from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
-from app.routes import admin, explain, health, invocations, model, v2
+from app.routes import admin, explain, health, invocations, model, monitoring, v2
 from scoring.contract.models import contract_for, invocations_openapi
 from scoring.errors import ServiceError
 from scoring.features import SANTANDER_FEATURES
@@ -85,6 +86,7 @@ def create_app(
                 settings.shadow_queue_size,
                 max_rows=settings.max_rows,
             )
+    watch = Monitoring(settings, metrics, holder)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -115,6 +117,7 @@ def create_app(
                 tasks.append(asyncio.create_task(challenger.follow_reloads()))
         if shadow is not None:
             tasks.append(asyncio.create_task(shadow.run()))
+        tasks.append(asyncio.create_task(watch.run()))
         try:
             yield
         finally:
@@ -144,11 +147,13 @@ def create_app(
     app.state.in_flight = InFlight(settings.max_in_flight, metrics)
     app.state.api_keys = settings.api_key_set()
     app.state.admission = admission
+    app.state.monitoring = watch
     app.include_router(invocations.router)
     app.include_router(explain.router)
     app.include_router(health.router)
     app.include_router(model.router)
     app.include_router(v2.router)
+    app.include_router(monitoring.router)
     if settings.admin_token is not None and settings.admin_token.get_secret_value():
         app.include_router(admin.router)
 

@@ -226,6 +226,8 @@ class Metrics:
             ["reason"],
             **kw,
         )
+        # Who else sees every scored batch (drift, the inference log: app.monitoring).
+        self.scored_sinks: list[Callable[[np.ndarray, np.ndarray, Any], None]] = []
 
     def render(self) -> tuple[bytes, str]:
         if self.multiprocess:
@@ -263,6 +265,15 @@ class Metrics:
                 if count:
                     self.model_probability_bins.labels(*model, label).inc(count)
             self.model_probability_sum.labels(*model).inc(total)
+
+    def observe_scored(self, x: np.ndarray, predictions: np.ndarray, model: Any) -> None:
+        """Hand a scored batch (rows in the model's feature order) to the sinks; a failing sink
+        is logged, never the request's failure."""
+        for sink in self.scored_sinks:
+            try:
+                sink(x, predictions, model)
+            except Exception:
+                logging.getLogger(__name__).exception("a scored-rows sink failed")
 
     def model_loaded(
         self,

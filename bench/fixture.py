@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 
 from training.data import FEATURES, TARGET, synthesize
+from training.profile import log_reference_profile
 
 SEED = 7
 ROWS_SEED = 11
@@ -80,12 +81,15 @@ def log_to_store(booster: Any, store: Path) -> str:
     example = synthesize(5, seed=ROWS_SEED)[FEATURES]
     reqs = [f"lightgbm=={lgb.__version__}", f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
     with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.lightgbm.log_model(
+        info = mlflow.lightgbm.log_model(
             booster,
             name="model",
             signature=infer_signature(example, booster.predict(example.to_numpy())),
             pip_requirements=reqs,
         )
+        # With its training profile, as training.train logs it: the service measures drift.
+        reference = synthesize(2_000, seed=ROWS_SEED)[FEATURES]
+        log_reference_profile(info.model_id, reference, booster.predict(reference.to_numpy()))
     return f"runs:/{run.info.run_id}/model"
 
 

@@ -153,6 +153,7 @@ def render(r: dict[str, Any]) -> str:
         lines += [render_swaps(r), ""]
     if "shadow" in r:
         lines += [render_shadow(r), ""]
+    lines += _monitoring_cost(r, conn)
     return "\n".join(lines)
 
 
@@ -197,6 +198,38 @@ def render_shadow(r: dict[str, Any]) -> str:
         f"{_fmt(_get(r, 'shadow', 'shadow', 'rps'))} | | | |",
     ]
     return "\n".join(lines)
+
+
+def _monitoring_cost(r: dict[str, Any], conn: int) -> list[str]:
+    """One-row throughput lost to drift (ours vs ours_no_drift) and to the inference log."""
+    base = r.get("ours_no_drift")
+    if not base:
+        return []
+    lines = [
+        "",
+        "Monitoring cost, one-row requests per second (lower rate = cost):",
+        "",
+        f"| run | c1 rps | c1 cost | c{conn} rps | c{conn} cost | target | holds |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for name, label, target in (
+        ("ours", "drift on (DRIFT_WINDOW=10000)", 0.05),
+        ("ours_log", "drift + inference log on", 0.10),
+    ):
+        run = r.get(name)
+        if not run or "cn" not in run:
+            continue
+        costs = [1 - run[k]["rps"] / base[k]["rps"] for k in ("c1", "cn")]
+        holds = "yes" if costs[1] <= target else "no"
+        lines.append(
+            f"| {label} | {run['c1']['rps']:.0f} | {costs[0]:.1%} | {run['cn']['rps']:.0f} "
+            f"| {costs[1]:.1%} | <= {target:.0%} at c{conn} | {holds} |"
+        )
+    lines.append(
+        f"| drift off (DRIFT_WINDOW=0) | {base['c1']['rps']:.0f} | - | "
+        f"{base['cn']['rps']:.0f} | - | | |"
+    )
+    return [*lines, ""]
 
 
 def write(results: dict[str, Any], table: str, out: Path) -> None:

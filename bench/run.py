@@ -73,6 +73,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="reuse compiled trees from earlier runs (default: a cold cache, compiling at start "
         "as a fresh container would, so memory and start-up include the compiler)",
     )
+    p.add_argument(
+        "--no-monitoring-runs",
+        action="store_true",
+        help="skip the one-row runs of ours with drift off and with the inference log on",
+    )
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     p.add_argument("--cache", type=Path, default=BENCH_DIR / ".cache")
     return p.parse_args(argv)
@@ -156,6 +161,17 @@ def main(argv: list[str] | None = None) -> int:
                     True,
                 )
             )
+        monitoring_runs = {
+            # "ours" runs as deployed, drift on (the model has a profile); these two measure
+            # what drift and the inference log cost a one-row request.
+            "ours_no_drift": {**ours_env, "DRIFT_WINDOW": "0"},
+            "ours_log": {**ours_env, "INFERENCE_LOG_DIR": str(tmp / "inference-log")},
+        }
+        if not args.no_monitoring_runs:
+            for name, env in monitoring_runs.items():
+                port = servers.free_port()
+                command = servers.ours_command(uri, port, args.workers)
+                runs.append((name, command, "/health/ready", env, True))
         port = servers.free_port()
         runs.append(("mlflow", servers.mlflow_command(uri, port), "/ping", {}, False))
         for name, command, ready, env, is_ours in runs:
@@ -164,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             with servers.running(
                 name, command, port, ready_path=ready, log_dir=tmp, env=env
             ) as server:
+                if name in monitoring_runs:
+                    results[name] = one_row(server, wrk, args, tmp, bodies["one"])
+                    log(f"{name}: {results[name]}")
+                    continue
                 results[name] = measure(
                     server,
                     is_ours=is_ours,
@@ -179,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         with servers.running(
             "bare", servers.bare_command(port), port, ready_path="/", log_dir=tmp
         ) as server:
-            results["bare"] = measure_bare(server, bodies["one"], wrk, args, tmp)
+            results["bare"] = {"ready_s": server.ready_s} | one_row(
+                server, wrk, args, tmp, bodies["one"]
+            )
         log(f"bare: {results['bare']}")
         results["swaps"] = swap_memory(uri, args, tmp)
         log(f"swaps: {results['swaps']}")
@@ -373,23 +395,24 @@ def measure(
     return out
 
 
-def measure_bare(
-    server: servers.Server, one: Path, wrk: str, args: argparse.Namespace, tmp: Path
+def one_row(
+    server: servers.Server, wrk: str, args: argparse.Namespace, tmp: Path, body: Path
 ) -> dict[str, Any]:
-    """The HTTP floor: the same one-row body, 1 and ``--connections`` connections."""
-    out: dict[str, Any] = {"ready_s": server.ready_s}
+    """One-row throughput only, at 1 and at ``--connections`` connections."""
+    url = server.base + "/invocations"
+    out: dict[str, Any] = {}
     for key, connections in (("c1", 1), ("cn", args.connections)):
-        run = load.run_wrk(
+        result = load.run_wrk(
             wrk,
-            server.base + "/invocations",
-            one,
+            url,
+            body,
             content_type=JSON,
             connections=connections,
             seconds=args.duration,
             threads=1,
             work_dir=tmp,
         )
-        out[key] = vars(run) | {"rps": run.rps}
+        out[key] = vars(result) | {"rps": result.rps}
     return out
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scoring.drift import PROFILE_FILE, Profile, read_profile
 from scoring.errors import ModelLoadError
 from scoring.features import features_from_signature
 from scoring.model_ref import ModelRef, Pinned, describe_cause, registry_version
@@ -56,6 +57,10 @@ class LoadedModel:
     params: dict[str, str] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    profile: Profile | None = None
+    """The training data's reference profile logged with the model, if any (drift)."""
+    profile_note: str | None = None
+    """Why there is no profile, when there is none."""
 
     @property
     def fingerprint(self) -> str | None:
@@ -189,7 +194,8 @@ def load_model(uri: str, options: LoadOptions | None = None) -> LoadedModel:
         with tempfile.TemporaryDirectory(prefix="model-") as tmp:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
             predictor = build_predictor(local, options, uri)
-        loaded = LoadedModel(predictor=predictor, uri=uri)
+            profile, note = _profile(local, predictor.features)
+        loaded = LoadedModel(predictor=predictor, uri=uri, profile=profile, profile_note=note)
         _registry_facts(ref, loaded, pinned)
     except ModelLoadError as exc:
         raise ModelLoadError(uri, exc.cause) from None
@@ -198,6 +204,25 @@ def load_model(uri: str, options: LoadOptions | None = None) -> LoadedModel:
         raise ModelLoadError(uri, describe_cause(exc)) from None
     loaded.load_seconds = time.perf_counter() - started
     return loaded
+
+
+def _profile(local: Path, features: tuple[str, ...]) -> tuple[Profile | None, str | None]:
+    """The reference profile in the model folder, or why there is none. Never fails a load: a
+    model without a usable profile serves, only without drift."""
+    try:
+        profile = read_profile(local)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("the model's %s is unreadable: %s", PROFILE_FILE, exc)
+        return None, f"the model's {PROFILE_FILE} is unreadable ({exc})"
+    if profile is None:
+        return None, (
+            f"the model has no {PROFILE_FILE} in its artifacts (it was not logged by "
+            "training.train, or by a version before profiles); drift is not measured"
+        )
+    unknown = sorted(set(profile.features) - set(features))
+    if unknown:
+        return None, f"the profile names features the model does not take: {unknown[:5]}"
+    return profile, None
 
 
 def model_info(uri: str) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightgbm as lgb
@@ -103,3 +103,50 @@ def classifier_model(tracking_dir: Path) -> LoggedModel:
     clf.fit(x, y)
     rows, _ = make_frame(40, seed=4)
     return _log(clf, "santander-sklearn", rows, clf.predict_proba(rows)[:, 1])
+
+
+# A model with a reference profile, and rows to drift it (tests/app/test_monitoring.py, 06).
+DRIFT_TRAIN_ROWS = 6_000
+DRIFT_WINDOW = 3_000
+SHIFTED = ("var_3", "var_17", "var_50", "var_111", "var_199")
+DRIFT_MODEL = "drift-model"
+
+
+@pytest.fixture(scope="session")
+def profiled_model(tracking_dir: Path) -> str:
+    """A model trained and logged by the training pipeline: ``models:/drift-model/<version>``."""
+    from training.train import (
+        QUICK,
+        cross_validate,
+        default_params,
+        fit_final,
+        load_or_synthesize,
+        log_and_register,
+    )
+
+    data = load_or_synthesize(None, DRIFT_TRAIN_ROWS, seed=0)
+    params = default_params(seed=0, learning_rate=0.1, num_threads=1)
+    cv = cross_validate(
+        data.X, data.y, params, 2, num_boost_round=60, early_stopping_rounds=15, log_every=0
+    )
+    booster = fit_final(data.X, data.y, params, cv.final_rounds, log_every=0)
+    experiment = mlflow.get_experiment_by_name("tests")
+    assert experiment is not None
+    settings = replace(QUICK, register_as=DRIFT_MODEL, promote="never")
+    logged = log_and_register(
+        data, params, cv, booster, settings, experiment_id=experiment.experiment_id
+    )
+    return f"models:/{DRIFT_MODEL}/{logged.version}"
+
+
+def fresh_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of the training distribution not trained on, and the same kind of rows shifted."""
+    from training.data import FEATURES, synthesize
+
+    frame = synthesize(DRIFT_TRAIN_ROWS + 2 * DRIFT_WINDOW, seed=0)[FEATURES]
+    train_std = synthesize(DRIFT_TRAIN_ROWS, seed=0)[FEATURES].std()
+    same = frame.iloc[DRIFT_TRAIN_ROWS : DRIFT_TRAIN_ROWS + DRIFT_WINDOW].reset_index(drop=True)
+    shifted = frame.iloc[DRIFT_TRAIN_ROWS + DRIFT_WINDOW :].reset_index(drop=True)
+    for feature in SHIFTED:
+        shifted[feature] = shifted[feature] + train_std[feature]
+    return same, shifted

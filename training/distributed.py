@@ -40,6 +40,7 @@ from batch.cluster import dask_client
 from training.config import DEFAULT_ROWS, Settings
 from training.data import FEATURES, ID, TARGET, check_frame, synthesize
 from training.modelling import CVResult, family_params
+from training.profile import sample_for_profile
 from training.progress import say
 from training.tracking import (
     LoggedRun,
@@ -177,11 +178,12 @@ def run_distributed(settings: Settings, scheduler: str = "local", workers: int =
         final.fit(frame[FEATURES], frame[TARGET])
         booster = final.booster_
         example = frame.head(1000)
+        profile_rows = sample_for_profile(frame, FEATURES)
     # The run records the rows in the order their out-of-fold scores came back.
     y = oof[TARGET].to_numpy()
     # Digest and schema of a sample: the whole table never comes to this machine.
     dataset = mlflow_dataset(example, dataset_source, name="dask-train")
-    data = TrainingData(frame=example, X=example[FEATURES], y=y, source=source, dataset=dataset)
+    data = TrainingData(frame=example, X=profile_rows, y=y, source=source, dataset=dataset)
     params = {**params, "dask_workers": n_workers, "dask_scheduler": scheduler}
     logged = publish(data, params, cv, booster, settings, experiment_id=experiment_id)
     say(f"done in {time.monotonic() - start:.0f}s")

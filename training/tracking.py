@@ -43,6 +43,7 @@ from training.plots import (
     roc_figure,
     score_distribution_figure,
 )
+from training.profile import log_reference_profile
 from training.progress import say
 from training.promote import CV_METRIC, promote
 
@@ -335,6 +336,8 @@ def log_and_register(  # noqa: PLR0917  (the notebooks call it positionally)
             registered_model_name=settings.register_as or None,
             pip_requirements=pip_requirements(),
         )
+        # Beside the model (any URI of it finds it): the service's drift reference.
+        log_reference_profile(info.model_id, data.X, cv.oof)
     registered = info.registered_model_version
     return LoggedRun(
         run_id=run_id,

@@ -7,6 +7,7 @@ outside can see: which store the runs landed in, where the alias points, what wa
 
 from __future__ import annotations
 
+import ast
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,3 +193,40 @@ def test_explain(run_notebook: RunNotebook, api_url: str, tmp_path: Path) -> Non
     assert len(outputs(notebook, "image/png")) == 2  # the waterfall, the global ranking
     tables = "".join(outputs(notebook, "text/plain"))
     assert "contribution" in tables and "gain_rank" in tables
+
+
+MONITOR = "06_monitor.ipynb"
+
+
+def test_monitor_finds_the_shifted_features_in_an_inference_log(
+    run_notebook: RunNotebook, profiled_model: str, tmp_path: Path
+) -> None:
+    """A log written by the service itself (rows with five shifted features), then the notebook."""
+    from fastapi.testclient import TestClient
+
+    from app.config import Settings
+    from app.main import create_app
+    from tests.conftest import SHIFTED, fresh_rows
+
+    _, shifted = fresh_rows()
+    log_dir = tmp_path / "log"
+    settings = Settings(
+        model_uri=profiled_model, inference_log_dir=str(log_dir), compiled_predictor=False
+    )
+    with TestClient(create_app(settings)) as client:
+        for start in range(0, len(shifted), 500):
+            r = client.post(
+                "/invocations",
+                content=shifted.iloc[start : start + 500].to_json(orient="split"),
+                headers={"Content-Type": "application/json"},
+            )
+            assert r.status_code == 200
+
+    notebook = run_notebook(MONITOR, log_dir=str(log_dir), top=5)
+    text = "".join(outputs(notebook, "stream"))
+    assert f"{len(shifted):,} rows in" in text
+    assert f"{profiled_model}: reference of" in text
+    assert "decision: retrain" in text
+    acting = text.split("features at >= 0.25: ", 1)[1].split("\n", 1)[0]
+    assert sorted(ast.literal_eval(acting)) == sorted(SHIFTED)
+    assert len(outputs(notebook, "image/png")) == 2  # PSI bars, distributions

@@ -51,6 +51,8 @@ def test_dask_training_agrees_registers_and_is_served(fresh_store: Store) -> Non
         r = api.post("/invocations", json={"dataframe_split": rows.to_dict(orient="split")})
         assert r.status_code == 200, r.text
         assert api.get("/model").json()["run_id"] == distributed.run_id
+        # The reference profile of the Dask frame (all 20,000 rows: under the sample size).
+        assert api.get("/monitoring").json()["drift"]["reference"]["rows"] == 20_000
     np.testing.assert_allclose(r.json()["predictions"], booster.predict(rows), atol=1e-9)
 
 
