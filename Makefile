@@ -54,8 +54,9 @@ format: install ## Format the code and strip notebook outputs
 	$(BIN)/ruff check --fix .
 	$(BIN)/nbstripout notebooks/*.ipynb
 
-bench: install ## Benchmark this service against `mlflow models serve` (writes bench/results/)
+bench: install ## Benchmark this service against `mlflow models serve`, and batch scoring on Dask (writes bench/results/)
 	$(PY) -m bench.run
+	set -o pipefail; $(PY) -m bench.batch | tee bench/results/batch.txt
 
 docker-smoke: install ## Build and bring up the docker-compose stack, train in it, call the API, tear down
 	$(BIN)/pytest -q -m docker tests/docker
