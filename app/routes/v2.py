@@ -18,7 +18,15 @@ from starlette.routing import Match
 
 from app.config import Settings
 from app.dataplane import Scored, handle, predict
-from app.deps import AdmissionDep, HolderDep, InFlightDep, MetricsDep, ScoringAuth, SettingsDep
+from app.deps import (
+    AdmissionDep,
+    ChallengerDep,
+    HolderDep,
+    InFlightDep,
+    MetricsDep,
+    ScoringAuth,
+    SettingsDep,
+)
 from app.model_holder import ModelHolder
 from app.observability import Metrics
 from scoring.contract import v2
@@ -92,6 +100,22 @@ def _served(holder: ModelHolder, name: str, version: str | None) -> LoadedModel:
     return model
 
 
+def _pick(
+    holder: ModelHolder, challenger: ModelHolder | None, name: str, version: str | None
+) -> tuple[LoadedModel, str]:
+    """The model a path names, and its role: a version path may name the challenger's version
+    (``CHALLENGER_URI``), so both models are reachable by name and version side by side."""
+    other = challenger.current if challenger is not None else None
+    if (
+        version is not None
+        and other is not None
+        and served_name(other) == name
+        and other.version == version
+    ):
+        return other, "challenger"
+    return _served(holder, name, version), "champion"
+
+
 @router.get("", response_model=v2.ServerMetadata, summary="Server metadata")
 def server_metadata(request: Request) -> v2.ServerMetadata:
     """The server's name, version and protocol extensions."""
@@ -118,16 +142,20 @@ def server_ready(holder: HolderDep) -> JSONResponse:
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
 
-def _metadata(holder: ModelHolder, name: str, version: str | None) -> v2.ModelMetadata:
-    model = _served(holder, name, version)
+def _metadata(
+    holder: ModelHolder, name: str, version: str | None, challenger: ModelHolder | None = None
+) -> v2.ModelMetadata:
+    model, _ = _pick(holder, challenger, name, version)
     return v2.model_metadata(
         served_name(model), model.version, model.predictor.flavor, model.predictor.features
     )
 
 
-def _ready(holder: ModelHolder, name: str, version: str | None) -> JSONResponse:
+def _ready(
+    holder: ModelHolder, name: str, version: str | None, challenger: ModelHolder | None = None
+) -> JSONResponse:
     try:
-        model = _served(holder, name, version)
+        model, _ = _pick(holder, challenger, name, version)
     except ModelNotReady:
         return JSONResponse({"name": name, "ready": False}, status_code=503)
     return JSONResponse({"name": served_name(model), "ready": True})
@@ -147,9 +175,11 @@ def model_metadata(name: str, holder: HolderDep) -> v2.ModelMetadata:
     responses=ERRORS,
     summary="Model version metadata",
 )
-def model_version_metadata(name: str, version: str, holder: HolderDep) -> v2.ModelMetadata:
+def model_version_metadata(
+    name: str, version: str, holder: HolderDep, challenger: ChallengerDep
+) -> v2.ModelMetadata:
     """Inputs (the features, FP64), output (predictions, FP64), versions."""
-    return _metadata(holder, name, version)
+    return _metadata(holder, name, version, challenger)
 
 
 @router.get(
@@ -166,9 +196,11 @@ def model_ready(name: str, holder: HolderDep) -> JSONResponse:
     responses=ERRORS,
     summary="Model version ready",
 )
-def model_version_ready(name: str, version: str, holder: HolderDep) -> JSONResponse:
+def model_version_ready(
+    name: str, version: str, holder: HolderDep, challenger: ChallengerDep
+) -> JSONResponse:
     """200 when this version is loaded and can score, 503 before."""
-    return _ready(holder, name, version)
+    return _ready(holder, name, version, challenger)
 
 
 async def _infer(
@@ -181,12 +213,15 @@ async def _infer(
     metrics: MetricsDep,
     in_flight: InFlightDep,
     admission: AdmissionDep,
+    challenger: ModelHolder | None = None,
 ) -> Response:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         raise UnsupportedMediaType(f"Content-Encoding {quote_name(encoding)} is not supported")
-    model = _served(holder, name, version)
+    model, role = _pick(holder, challenger, name, version)
     request.state.model_version = model.version
+    request.state.model = model.label
+    request.state.model_role = role
     header_length = request.headers.get(v2.HEADER_LENGTH)
 
     def work(
@@ -219,9 +254,15 @@ async def _infer(
         in_flight=in_flight,
         admission=admission,
         work=work,
+        role=role,
     )
     request.state.rows = scored.rows
-    return Response(scored.content, media_type=scored.media_type, headers=scored.headers)
+    headers = {
+        **(scored.headers or {}),
+        "X-Model-Version": model.label.encode("ascii", "replace").decode(),
+        "X-Model-Role": role,
+    }
+    return Response(scored.content, media_type=scored.media_type, headers=headers)
 
 
 _INFER: dict[str, Any] = {
@@ -268,8 +309,10 @@ async def infer_version(
     metrics: MetricsDep,
     in_flight: InFlightDep,
     admission: AdmissionDep,
+    challenger: ChallengerDep,
 ) -> Response:
-    """Score the rows of the input tensors with this version of the model."""
+    """Score the rows of the input tensors with this version of the model (the champion's, or
+    the challenger's when ``CHALLENGER_URI`` serves one beside it)."""
     return await _infer(
         request,
         name,
@@ -279,6 +322,7 @@ async def infer_version(
         metrics=metrics,
         in_flight=in_flight,
         admission=admission,
+        challenger=challenger,
     )
 
 

@@ -56,6 +56,7 @@ def pair(booster_model: LoggedModel, classifier_model: LoggedModel) -> Iterator[
         "champion": champion,
         "challenger": challenger,
         "body": rows.to_json(orient="split"),
+        "rows": rows,
         "expected": {
             champion: booster_model.expected[:ROWS],
             challenger: clf.predict_proba(rows)[:, 1],
@@ -78,6 +79,18 @@ def per_model(text: str, sample: str, labels: dict[str, str]) -> float:
         if line.startswith(sample + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def v2_infer(client: httpx.Client, base: str, rows: Any, label: str) -> np.ndarray:
+    """``/v2/models/{name}/versions/{version}/infer`` for ``label`` (``name/version``)."""
+    name, version = label.split("/")
+    x = rows.to_numpy()
+    data = [None if np.isnan(v) else float(v) for v in x.ravel()]
+    body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP64", "data": data}]}
+    r = client.post(f"{base}/v2/models/{name}/versions/{version}/infer", json=body)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-model-version"] == label
+    return np.asarray(r.json()["outputs"][0]["data"], dtype=np.float64)
 
 
 def post(client: httpx.Client, base: str, body: str, **headers: str) -> tuple[str, np.ndarray]:
@@ -139,6 +152,11 @@ def test_shadow_answers_with_the_champion_and_counts_the_agreement(pair: dict[st
                 break
             assert time.monotonic() < deadline, (shadowed, dropped, sent)
             time.sleep(0.2)
+        # The V2 routes name both models by version, side by side (after the counts above).
+        with httpx.Client(timeout=30) as client:
+            for label, want in ((pair["champion"], mine), (pair["challenger"], theirs)):
+                got = v2_infer(client, base, pair["rows"], label)
+                np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
     print(f"shadow: {shadowed:.0f} rows scored by the challenger, {dropped:.0f} dropped")
     assert shadowed > 0 and shadowed % ROWS == 0
     pair_labels = {"champion": pair["champion"], "challenger": pair["challenger"]}
