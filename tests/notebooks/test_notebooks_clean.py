@@ -16,7 +16,14 @@ import pytest
 from tests.helpers import PROJECT_DIR
 from tests.notebooks.conftest import NOTEBOOKS_DIR
 
-NAMES = ["01_explore_data.ipynb", "02_train_and_track.ipynb", "03_call_the_api.ipynb"]
+NAMES = [
+    "01_explore_data.ipynb",
+    "02_train_and_track.ipynb",
+    "03_call_the_api.ipynb",
+    "04_tune.ipynb",
+    "05_explain.ipynb",
+    "06_monitor.ipynb",
+]
 CHECK = PROJECT_DIR / "scripts" / "check_notebooks.py"
 
 
@@ -128,6 +135,7 @@ def test_every_library_a_notebook_imports_is_installed_in_the_lab_image() -> Non
                 modules.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 modules.add(node.module.split(".")[0])
-        for module in sorted(modules - set(sys.stdlib_module_names) - {"app", "training"}):
+        own = {"app", "scoring", "batch", "training"}  # the project, copied into the image
+        for module in sorted(modules - set(sys.stdlib_module_names) - own):
             dists = {re.sub(r"[-_.]+", "-", d).lower() for d in distributions.get(module, [])}
             assert dists & lab, f"{name} imports {module}, which the lab image does not install"
