@@ -150,6 +150,15 @@ def model_labels(model: LoadedModel, role: str) -> tuple[str, str, str]:
     return name, model.version or "", role
 
 
+def answered_by(model: LoadedModel, role: str) -> dict[str, str]:
+    """Response headers naming the model that answered: a caller (or a test) can match every
+    answer to its version, champion or challenger."""
+    return {
+        "X-Model-Version": model.label.encode("ascii", "replace").decode(),
+        "X-Model-Role": role,
+    }
+
+
 def predict(
     x: np.ndarray, model: LoadedModel, settings: Settings, metrics: Metrics, role: str = "champion"
 ) -> np.ndarray:

@@ -5,7 +5,7 @@ The request models are the contract's (``scoring.contract.models``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -106,3 +106,16 @@ class Explanation(BaseModel):
             }
         }
     )
+
+
+SCORING_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed body"},
+    401: {"model": ErrorBody, "description": "API keys are on and none valid was given"},
+    408: {"model": ErrorBody, "description": "The body took too long to arrive"},
+    413: {"model": ErrorBody, "description": "Body or row count over the limit"},
+    415: {"model": ErrorBody, "description": "Unsupported Content-Type"},
+    422: {"model": ErrorBody, "description": "Columns or values not as the model needs"},
+    503: {"model": ErrorBody, "description": "No model loaded yet, or overloaded"},
+    504: {"model": ErrorBody, "description": "Scoring took longer than the time limit"},
+}
+"""The error answers every body-scoring route documents (``/invocations``, ``/explain``)."""

@@ -117,6 +117,32 @@ def _registry_facts(ref: ModelRef, loaded: LoadedModel, pinned: Pinned | None) -
         loaded.params = dict(data.params)
 
 
+def read_model_folder(
+    local: Path, options: LoadOptions, uri: str = "?"
+) -> tuple[tuple[str, ...], Any, str]:
+    """Read the MLflow model in ``local`` as far as is trusted: its features, its booster for a
+    LightGBM model (``None`` for any other, which only ``options.allow_untrusted`` lets through),
+    and how it is read (native text, an allowlisted pickle, or untrusted pyfunc).
+
+    Raises:
+        ModelLoadError: no MLmodel there, an unusable signature, or an untrusted model.
+    """
+    from mlflow.models import Model
+
+    if not (local / "MLmodel").is_file():
+        raise ModelLoadError(uri, "no MLflow model there (no MLmodel file)")
+    mlmodel = Model.load(str(local))
+    check_trusted(mlmodel.flavors, options, uri)
+    features = features_from_signature(mlmodel.signature, uri)
+    if "lightgbm" not in mlmodel.flavors:
+        return features, None, UNTRUSTED_PYFUNC
+    try:
+        booster, how = read_lightgbm(local, mlmodel.flavors["lightgbm"], options.allow_untrusted)
+    except UntrustedModel as exc:
+        raise ModelLoadError(uri, _refusal(str(exc))) from None
+    return features, booster, how
+
+
 def build_predictor(local: Path, options: LoadOptions, uri: str = "?") -> Predictor:
     """The predictor of the MLflow model in the folder ``local``.
 
@@ -127,27 +153,16 @@ def build_predictor(local: Path, options: LoadOptions, uri: str = "?") -> Predic
         ModelLoadError: no MLmodel there, an unusable signature, or an untrusted model.
     """
     import mlflow
-    from mlflow.models import Model
 
-    if not (local / "MLmodel").is_file():
-        raise ModelLoadError(uri, "no MLflow model there (no MLmodel file)")
-    mlmodel = Model.load(str(local))
-    check_trusted(mlmodel.flavors, options, uri)
-    features = features_from_signature(mlmodel.signature, uri)
-    if "lightgbm" in mlmodel.flavors:
-        try:
-            booster, how = read_lightgbm(
-                local, mlmodel.flavors["lightgbm"], options.allow_untrusted
-            )
-        except UntrustedModel as exc:
-            raise ModelLoadError(uri, _refusal(str(exc))) from None
+    features, booster, how = read_model_folder(local, options, uri)
+    if booster is not None:
         predictor = BoosterPredictor(
             booster, features, options.compiled, options.cache_dir, options.background
         )
         predictor.loading = how
         return predictor
     pyfunc = PyfuncPredictor(mlflow.pyfunc.load_model(str(local)), features)
-    pyfunc.loading = UNTRUSTED_PYFUNC
+    pyfunc.loading = how
     return pyfunc
 
 
@@ -300,24 +315,13 @@ def package_model(uri: str, options: LoadOptions | None = None) -> ModelPackage:
     """
     options = options or LoadOptions()
     import mlflow
-    from mlflow.models import Model
 
     configure_tracking()
     try:
         with tempfile.TemporaryDirectory(prefix="model-") as tmp:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-            if not (local / "MLmodel").is_file():
-                raise ModelLoadError(uri, "no MLflow model there (no MLmodel file)")
-            mlmodel = Model.load(str(local))
-            check_trusted(mlmodel.flavors, options, uri)
-            features = features_from_signature(mlmodel.signature, uri)
-            if "lightgbm" in mlmodel.flavors:
-                try:
-                    booster, _ = read_lightgbm(
-                        local, mlmodel.flavors["lightgbm"], options.allow_untrusted
-                    )
-                except UntrustedModel as exc:
-                    raise ModelLoadError(uri, _refusal(str(exc))) from None
+            features, booster, _ = read_model_folder(local, options, uri)
+            if booster is not None:
                 return ModelPackage(
                     uri, features, "lightgbm", booster_text=booster.model_to_string()
                 )

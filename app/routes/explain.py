@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.dataplane import CONTRIBUTION_COST, explain_body, handle
 from app.deps import AdmissionDep, HolderDep, InFlightDep, MetricsDep, ScoringAuth, SettingsDep
-from app.schemas import ErrorBody, Explanation
+from app.schemas import SCORING_ERRORS, ErrorBody, Explanation
 from scoring.contract.decode import check_media_type
 from scoring.contract.models import invocations_openapi
 from scoring.explain import contributions_of
@@ -35,17 +35,12 @@ Top = Annotated[
     response_model=Explanation,
     response_model_exclude_none=True,
     responses={
-        400: {"model": ErrorBody, "description": "Malformed body"},
-        408: {"model": ErrorBody, "description": "The body took too long to arrive"},
-        413: {"model": ErrorBody, "description": "Body or row count over the limit"},
-        415: {"model": ErrorBody, "description": "Unsupported Content-Type"},
+        **SCORING_ERRORS,
         422: {
             "model": ErrorBody,
             "description": "Columns or values not as the model needs, or a served model that "
             "cannot explain (EXPLANATIONS_UNAVAILABLE: not a LightGBM model)",
         },
-        503: {"model": ErrorBody, "description": "No model loaded yet, or overloaded"},
-        504: {"model": ErrorBody, "description": "Scoring took longer than the time limit"},
     },
     openapi_extra=invocations_openapi(),
     summary="Explain rows: each P(target = 1) with what every feature added to it",

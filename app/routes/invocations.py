@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app.challenger import routed_to_challenger
-from app.dataplane import handle
+from app.dataplane import answered_by, handle
 from app.deps import (
     AdmissionDep,
     ChallengerDep,
@@ -15,7 +15,7 @@ from app.deps import (
     ScoringAuth,
     SettingsDep,
 )
-from app.schemas import ErrorBody, Predictions
+from app.schemas import SCORING_ERRORS, Predictions
 from scoring.contract.decode import check_media_type
 from scoring.contract.models import invocations_openapi
 
@@ -25,16 +25,7 @@ router = APIRouter(tags=["scoring"], dependencies=[ScoringAuth])
 @router.post(
     "/invocations",
     response_model=Predictions,
-    responses={
-        400: {"model": ErrorBody, "description": "Malformed body"},
-        401: {"model": ErrorBody, "description": "API keys are on and none valid was given"},
-        408: {"model": ErrorBody, "description": "The body took too long to arrive"},
-        413: {"model": ErrorBody, "description": "Body or row count over the limit"},
-        415: {"model": ErrorBody, "description": "Unsupported Content-Type"},
-        422: {"model": ErrorBody, "description": "Columns or values not as the model needs"},
-        503: {"model": ErrorBody, "description": "No model loaded yet, or overloaded"},
-        504: {"model": ErrorBody, "description": "Scoring took longer than the time limit"},
-    },
+    responses=SCORING_ERRORS,
     openapi_extra=invocations_openapi(),
     summary="Score rows: P(target = 1) for each",
 )
@@ -76,9 +67,4 @@ async def invocations(
     shadow = request.app.state.shadow
     if shadow is not None:
         shadow.submit(scored.x, scored.predictions, model)
-    # Which model answered: a caller (or a test) can match every answer to its version.
-    headers = {
-        "X-Model-Version": model.label.encode("ascii", "replace").decode(),
-        "X-Model-Role": role,
-    }
-    return Response(scored.content, media_type="application/json", headers=headers)
+    return Response(scored.content, media_type="application/json", headers=answered_by(model, role))

@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match
 
 from app.config import Settings
-from app.dataplane import Scored, handle, predict
+from app.dataplane import Scored, answered_by, handle, predict
 from app.deps import (
     AdmissionDep,
     ChallengerDep,
@@ -257,11 +257,7 @@ async def _infer(
         role=role,
     )
     request.state.rows = scored.rows
-    headers = {
-        **(scored.headers or {}),
-        "X-Model-Version": model.label.encode("ascii", "replace").decode(),
-        "X-Model-Role": role,
-    }
+    headers = {**(scored.headers or {}), **answered_by(model, role)}
     return Response(scored.content, media_type=scored.media_type, headers=headers)
 
 
