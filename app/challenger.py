@@ -110,9 +110,7 @@ class Shadow:
         theirs = np.asarray(model.predictor.predict(x, 1), dtype=np.float64)
         labels = model_labels(model, "challenger")
         m = self.metrics
-        m.model_latency.labels(*labels).observe(time.perf_counter() - started)
-        m.model_requests.labels(*labels).inc()
-        m.observe_predictions(theirs, labels, answered=False)
+        m.observe_scoring(theirs, labels, time.perf_counter() - started, answered=False)
         pair = (champion, model.label)
         m.shadow_rows.labels(*pair).inc(len(x))
         m.shadow_abs_difference.labels(*pair).inc(float(np.abs(predictions - theirs).sum()))

@@ -13,41 +13,40 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.admission import InFlight
-from app.auth import ApiKeys
 from app.config import Settings
+from app.hotpath import check_api_key
 from app.limits import Admission
 from app.model_holder import ModelHolder
 from app.monitoring import Monitoring
 from app.observability import Metrics
-from scoring.errors import Unauthorized
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _holder(request: Request) -> ModelHolder:
+async def _holder(request: Request) -> ModelHolder:
     holder: ModelHolder = request.app.state.holder
     return holder
 
 
-def _challenger(request: Request) -> ModelHolder | None:
+async def _challenger(request: Request) -> ModelHolder | None:
     challenger: ModelHolder | None = request.app.state.challenger
     return challenger
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def _admission(request: Request) -> Admission:
+async def _admission(request: Request) -> Admission:
     admission: Admission = request.app.state.admission
     return admission
 
 
-def _in_flight(request: Request) -> InFlight:
+async def _in_flight(request: Request) -> InFlight:
     in_flight: InFlight = request.app.state.in_flight
     return in_flight
 
@@ -59,29 +58,19 @@ _bearer = HTTPBearer(
 )
 
 
-def _scoring_auth(
+async def _scoring_auth(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str | None:
     """The id of the caller's API key; ``None`` when no keys are configured. 401 otherwise."""
-    keys: ApiKeys | None = request.app.state.api_keys
-    if keys is None:
-        return None
-    metrics: Metrics = request.app.state.metrics
-    key_id = keys.identify(credentials.credentials) if credentials is not None else None
-    if key_id is None:
-        metrics.api_key_rejected.inc()
-        raise Unauthorized("a valid 'Authorization: Bearer <API key>' header is required")
-    metrics.api_key_requests.labels(key_id).inc()
-    request.state.key_id = key_id  # for the access log
-    return key_id
+    return check_api_key(request, credentials.credentials if credentials is not None else None)
 
 
 ScoringAuth = Security(_scoring_auth)
 """Router-level guard of the scoring routes: ``APIRouter(dependencies=[ScoringAuth])``."""
 
 
-def _monitoring(request: Request) -> Monitoring:
+async def _monitoring(request: Request) -> Monitoring:
     monitoring: Monitoring = request.app.state.monitoring
     return monitoring
 

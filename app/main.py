@@ -23,6 +23,7 @@ from app.admission import InFlight
 from app.challenger import Shadow
 from app.config import Settings, get_settings
 from app.connections import guard_connections
+from app.hotpath import HotPath, error_response
 from app.limits import Admission, limit_arenas
 from app.model_holder import ModelHolder
 from app.monitoring import Monitoring
@@ -36,7 +37,6 @@ from scoring.predictors import Predictor
 
 log = logging.getLogger("app")
 
-_ERROR_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "5"}}
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 
 
@@ -169,6 +169,9 @@ def create_app(
         content, media = metrics.render()
         return Response(content, media_type=media)
 
+    # Innermost first: the hot path answers POST /invocations inside CORS and the request
+    # context (request id, access line, metrics), past FastAPI's routing and dependencies.
+    app.add_middleware(HotPath, route=invocations.router.routes[0])
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -213,11 +216,7 @@ def _service_version() -> str:
 def _install_error_handlers(app: FastAPI) -> None:
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        headers = _ERROR_HEADERS.get(exc.status_code)
-        if exc.status_code in (408, 413, 503) and request.method == "POST":
-            # The body may still be arriving: end the connection rather than read on.
-            headers = {**(headers or {}), "Connection": "close"}
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+        return error_response(request.method, exc)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -26,6 +26,7 @@ keeps LightGBM.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import importlib
@@ -54,6 +55,9 @@ _CACHE_FORMAT = "2"
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "santander-serving-lleaves"
 
 
+_DOUBLE_P = ctypes.POINTER(ctypes.c_double)
+
+
 @dataclass
 class CompiledForest:
     """A compiled model that matched LightGBM on the probe rows."""
@@ -73,7 +77,24 @@ class CompiledForest:
         tiny = np.abs(x) <= ZERO_THRESHOLD
         if tiny.any():
             x = np.where(tiny, 0.0, x)
+        entry = self._entry
+        if threads <= 1 and entry is not None:
+            # The compiled function itself: lleaves' ``predict`` wraps it in checks and copies
+            # that cost more than scoring one row (the probe rows above go this way too).
+            x = np.ascontiguousarray(x, dtype=np.float64)
+            out = np.zeros(len(x), dtype=np.float64)
+            entry(x.ctypes.data_as(_DOUBLE_P), out.ctypes.data_as(_DOUBLE_P), 0, len(x))
+            return out
         return np.asarray(self.model.predict(x, n_jobs=max(1, threads)), dtype=np.float64)
+
+    @property
+    def _entry(self) -> Any:
+        """lleaves' compiled entry point, ``f(rows, out, start, end)``, when it scores float64
+        rows into one value per row; else ``None`` (then lleaves' own ``predict``)."""
+        model = self.model
+        if getattr(model, "use_fp64", False) and getattr(model, "_n_classes", 0) == 1:
+            return getattr(model, "_c_entry_func", None)
+        return None
 
     def describe(self) -> str:
         source = "cached object code" if self.from_cache else "compiled now"

@@ -12,7 +12,7 @@ from app.schemas import ErrorBody
 from scoring.errors import ModelLoadError, ReloadFailed, Unauthorized
 
 
-def _authorize(request: Request, settings: SettingsDep) -> None:
+async def _authorize(request: Request, settings: SettingsDep) -> None:
     token = settings.admin_token
     given = request.headers.get("authorization", "")
     scheme, _, credential = given.partition(" ")

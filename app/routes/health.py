@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
@@ -15,6 +16,7 @@ from app.schemas import ErrorBody, Ready, Versions
 router = APIRouter(tags=["health"])
 
 
+@functools.cache
 def _version(package: str) -> str:
     try:
         return version(package)
@@ -30,7 +32,7 @@ def _ready(holder: ModelHolder) -> JSONResponse:
 
 
 @router.get("/ping", response_class=PlainTextResponse, responses={503: {"model": ErrorBody}})
-def ping(holder: HolderDep) -> PlainTextResponse:
+async def ping(holder: HolderDep) -> PlainTextResponse:
     """200 once the model is loaded (as MLflow's server)."""
     if holder.current is None:
         return PlainTextResponse("\n", status_code=503)
@@ -38,19 +40,19 @@ def ping(holder: HolderDep) -> PlainTextResponse:
 
 
 @router.get("/health", response_model=Ready, responses={503: {"model": Ready}})
-def health(holder: HolderDep) -> JSONResponse:
+async def health(holder: HolderDep) -> JSONResponse:
     """200 once the model is loaded (as MLflow's server), else 503 with the reason."""
     return _ready(holder)
 
 
 @router.get("/health/live")
-def live() -> dict[str, str]:
+async def live() -> dict[str, str]:
     """200 while the process serves requests, model or not."""
     return {"status": "live"}
 
 
 @router.get("/health/ready", response_model=Ready, responses={503: {"model": Ready}})
-def ready(holder: HolderDep) -> JSONResponse:
+async def ready(holder: HolderDep) -> JSONResponse:
     """200 when a model is loaded and requests can be scored; 503 with the reason otherwise."""
     return _ready(holder)
 
@@ -60,14 +62,14 @@ def ready(holder: HolderDep) -> JSONResponse:
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {"example": "3.17.0"}}}},
 )
-def mlflow_version() -> PlainTextResponse:
+async def mlflow_version() -> PlainTextResponse:
     """The MLflow version, as plain text (what ``mlflow models serve`` answers, and MLflow's
     ``ScoringServerClient.get_version()`` reads)."""
     return PlainTextResponse(_version("mlflow"))
 
 
 @router.get("/versions", response_model=Versions)
-def versions() -> Versions:
+async def versions() -> Versions:
     """Service, MLflow, LightGBM and Python versions."""
     return Versions(
         service=_version("santander-serving"),

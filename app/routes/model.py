@@ -19,7 +19,7 @@ router = APIRouter(tags=["model"], dependencies=[ScoringAuth])
     response_model=ModelCard,
     responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
-def model_card(
+async def model_card(
     holder: HolderDep, challenger: ChallengerDep, settings: SettingsDep
 ) -> dict[str, Any]:
     """Model URI, run, registered name/version/alias, flavor, loading path, metrics, params,

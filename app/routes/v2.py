@@ -117,7 +117,7 @@ def _pick(
 
 
 @router.get("", response_model=v2.ServerMetadata, summary="Server metadata")
-def server_metadata(request: Request) -> v2.ServerMetadata:
+async def server_metadata(request: Request) -> v2.ServerMetadata:
     """The server's name, version and protocol extensions."""
     return v2.ServerMetadata(
         name="santander-serving", version=request.app.version, extensions=v2.EXTENSIONS
@@ -125,7 +125,7 @@ def server_metadata(request: Request) -> v2.ServerMetadata:
 
 
 @router.get("/health/live", response_model=v2.ServerLive, summary="Server liveness")
-def server_live() -> v2.ServerLive:
+async def server_live() -> v2.ServerLive:
     """200 while the process serves requests, model or not."""
     return v2.ServerLive(live=True)
 
@@ -136,7 +136,7 @@ def server_live() -> v2.ServerLive:
     responses={503: {"model": v2.ServerReady}},
     summary="Server readiness",
 )
-def server_ready(holder: HolderDep) -> JSONResponse:
+async def server_ready(holder: HolderDep) -> JSONResponse:
     """200 once the model is loaded, 503 before."""
     ready = holder.current is not None
     return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -164,7 +164,7 @@ def _ready(
 @router.get(
     "/models/{name}", response_model=v2.ModelMetadata, responses=ERRORS, summary="Model metadata"
 )
-def model_metadata(name: str, holder: HolderDep) -> v2.ModelMetadata:
+async def model_metadata(name: str, holder: HolderDep) -> v2.ModelMetadata:
     """Inputs (the features, FP64), output (predictions, FP64), versions."""
     return _metadata(holder, name, None)
 
@@ -175,7 +175,7 @@ def model_metadata(name: str, holder: HolderDep) -> v2.ModelMetadata:
     responses=ERRORS,
     summary="Model version metadata",
 )
-def model_version_metadata(
+async def model_version_metadata(
     name: str, version: str, holder: HolderDep, challenger: ChallengerDep
 ) -> v2.ModelMetadata:
     """Inputs (the features, FP64), output (predictions, FP64), versions."""
@@ -185,7 +185,7 @@ def model_version_metadata(
 @router.get(
     "/models/{name}/ready", response_model=v2.ModelReady, responses=ERRORS, summary="Model ready"
 )
-def model_ready(name: str, holder: HolderDep) -> JSONResponse:
+async def model_ready(name: str, holder: HolderDep) -> JSONResponse:
     """200 when the model is loaded and can score, 503 before."""
     return _ready(holder, name, None)
 
@@ -196,7 +196,7 @@ def model_ready(name: str, holder: HolderDep) -> JSONResponse:
     responses=ERRORS,
     summary="Model version ready",
 )
-def model_version_ready(
+async def model_version_ready(
     name: str, version: str, holder: HolderDep, challenger: ChallengerDep
 ) -> JSONResponse:
     """200 when this version is loaded and can score, 503 before."""

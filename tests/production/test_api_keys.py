@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -71,7 +72,8 @@ def test_keys_on_a_real_server(booster_model: LoggedModel, tmp_path: Path) -> No
     assert f'api_key_requests_total{{key_id="{env_id}"}} 1.0' in metrics
     assert "api_key_rejected_total 5.0" in metrics
     log = log_file.read_text()
-    assert '"key_id": "alice"' in log
+    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(e.get("key_id") == "alice" and e.get("path") == "/invocations" for e in entries)
     for key in (NAMED_KEY, BARE_KEY, ENV_KEY):
         assert key not in metrics and key not in log
         assert key[:12] not in metrics and key[:12] not in log

@@ -1,5 +1,6 @@
 """The request contract, without HTTP: one table of cases through the contract's own path and
-through the fast path, which must agree on every case (same matrix, or same error)."""
+through each fast path (simdjson for big split bodies, orjson for small ones, and the choice the
+service makes by size), which must agree on every case (same matrix, or same error)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,28 @@ from scoring.contract.media import parse_media_type
 from scoring.contract.models import contract_for
 from scoring.errors import ServiceError
 from tests.contract_cases import ACCEPTED, REFUSED, Case
-from tests.helpers import FEATURES
+from tests.helpers import FEATURES, make_frame
 
 MAX_ROWS = 1000
 CASES = {**ACCEPTED, **REFUSED}
 
 
-def _decode(case: Case, fast_path: bool) -> np.ndarray | ServiceError:
-    body = case.body.encode() if isinstance(case.body, str) else case.body
+def _body(case: Case) -> bytes:
+    return case.body.encode() if isinstance(case.body, str) else case.body
+
+
+def _decode(case: Case, path: str) -> np.ndarray | ServiceError:
+    """``path``: "contract" (pydantic), "simdjson", "plain" (orjson, falling back to the
+    contract when it declines, as the service does) or "auto" (the service's choice)."""
+    body, content_type = _body(case), case.headers.get("content-type")
     try:
-        return decode.parse_body(
-            body, case.headers.get("content-type"), FEATURES, MAX_ROWS, fast_path=fast_path
-        )
+        media = parse_media_type(content_type)
+        if path == "plain" and media.is_json and media.json_format != "pandas-records":
+            x = decode._plain_split(body, FEATURES, MAX_ROWS)
+            if x is not None:
+                return x
+        fast_path = {"contract": False, "simdjson": True}.get(path)
+        return decode.parse_body(body, content_type, FEATURES, MAX_ROWS, fast_path=fast_path)
     except ServiceError as exc:
         return exc
 
@@ -30,7 +41,7 @@ def _decode(case: Case, fast_path: bool) -> np.ndarray | ServiceError:
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_contract_answers_each_case(name: str) -> None:
     case = CASES[name]
-    got = _decode(case, fast_path=False)
+    got = _decode(case, "contract")
     if case.status == 200:
         assert isinstance(got, np.ndarray), f"{name}: {got!r}"
         assert got.shape[1] == len(FEATURES) and got.dtype == np.float64
@@ -42,10 +53,11 @@ def test_the_contract_answers_each_case(name: str) -> None:
         assert len(got.message) < 400
 
 
+@pytest.mark.parametrize("path", ["simdjson", "plain", "auto"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_the_fast_path_agrees_with_the_contract(name: str) -> None:
+def test_the_fast_paths_agree_with_the_contract(name: str, path: str) -> None:
     case = CASES[name]
-    precise, fast = _decode(case, fast_path=False), _decode(case, fast_path=True)
+    precise, fast = _decode(case, "contract"), _decode(case, path)
     if isinstance(precise, np.ndarray):
         assert isinstance(fast, np.ndarray), f"{name}: fast path answered {fast!r}"
         np.testing.assert_array_equal(fast, precise)  # NaN where NaN, every bit otherwise
@@ -60,14 +72,40 @@ def test_the_fast_path_really_takes_the_plain_split_cases() -> None:
     def fast(case: Case) -> bool:
         try:
             media = parse_media_type(case.headers.get("content-type"))
-            body = case.body.encode() if isinstance(case.body, str) else case.body
-            return media.is_json and decode._fast_split(body, FEATURES, MAX_ROWS) is not None
+            return media.is_json and decode._fast_split(_body(case), FEATURES, MAX_ROWS) is not None
         except ServiceError:
             return True  # the fast path itself refused it (the table above checks the code)
 
     taken = [name for name, case in CASES.items() if fast(case)]
     assert {"split", "split with index", "split, integers"} <= set(taken)
     assert "split with NaN token" not in taken  # declined: the contract's path reads NaN
+
+
+def test_the_plain_path_really_takes_small_plain_split_bodies() -> None:
+    """Not vacuous either: the one-row bodies clients send are decoded by ``_plain_split``;
+    what it must not judge by itself it declines."""
+    frame, _ = make_frame(3, seed=1)
+    frame.iloc[1, 4] = np.nan  # pandas writes null
+    for body in (
+        frame.to_json(orient="split").encode(),
+        decode.orjson.dumps({"dataframe_split": frame.to_dict(orient="split")}),
+    ):
+        x = decode._plain_split(body, FEATURES, MAX_ROWS)
+        assert x is not None
+        np.testing.assert_array_equal(x, frame.to_numpy(dtype=np.float64))
+    plain = frame.to_json(orient="split").encode()
+    declined = {
+        "a key twice": plain.replace(b'"index"', b'"data":[],"index"', 1),
+        "columns reordered": frame[list(reversed(FEATURES))].to_json(orient="split").encode(),
+        "NaN token": plain.replace(b"null", b"NaN", 1),
+        "a string value": plain.replace(b"null", b'"1.5"', 1),
+        "a boolean": plain.replace(b"null", b"true", 1),
+        "index too short": plain.replace(b'"index":[0,1,2]', b'"index":[0,1]', 1),
+        "too many rows": plain,
+    }
+    for what, body in declined.items():
+        max_rows = 2 if what == "too many rows" else MAX_ROWS
+        assert decode._plain_split(body, FEATURES, max_rows) is None, what
 
 
 def test_missing_values_are_nan_and_values_land_in_model_order() -> None:

@@ -1,0 +1,131 @@
+"""``POST /invocations`` straight to the data plane, past FastAPI's per-request layers.
+
+A one-row request is dominated by what surrounds the scoring: FastAPI's routing over every
+route, its dependency solving, its middleware stack and response objects cost more than parsing
+and scoring the row. ``HotPath`` sits just inside ``RequestContext`` (request id, access line,
+metrics) and answers ``POST /invocations`` itself with ``invocation`` below, which the FastAPI
+route in ``app/routes/invocations.py`` also runs: one behaviour, whichever door a request takes.
+The route stays for ``/openapi.json`` and ``/docs``; every other request goes to FastAPI.
+
+Error answers come from ``error_response``, which the app's ``ServiceError`` handler uses too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from app.auth import ApiKeys
+from app.challenger import routed_to_challenger
+from app.dataplane import Scored, answered_by, handle
+from scoring.contract.decode import check_media_type
+from scoring.errors import ServiceError, Unauthorized
+from scoring.loading import LoadedModel
+
+ASGIApp = Any
+_ERROR_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "5"}}
+INVOCATIONS = "/invocations"
+
+
+def error_response(method: str, exc: ServiceError) -> JSONResponse:
+    """The JSON answer to a ``ServiceError``: its status, ``{"error_code", "message"}``, and
+    ``Retry-After`` (503) or ``WWW-Authenticate`` (401); a POST refused before its body was read
+    (408, 413, 503) also closes the connection rather than read on."""
+    headers = _ERROR_HEADERS.get(exc.status_code)
+    if exc.status_code in (408, 413, 503) and method == "POST":
+        headers = {**(headers or {}), "Connection": "close"}
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer <token>`` header (as FastAPI's
+    ``HTTPBearer``: the scheme in any case), else ``None``."""
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not credentials:
+        return None
+    return credentials
+
+
+def check_api_key(request: Request, token: str | None) -> str | None:
+    """The id of the caller's API key; ``None`` when no keys are configured. 401 otherwise."""
+    state = request.app.state
+    keys: ApiKeys | None = state.api_keys
+    if keys is None:
+        return None
+    key_id = keys.identify(token) if token is not None else None
+    if key_id is None:
+        state.metrics.api_key_rejected.inc()
+        raise Unauthorized("a valid 'Authorization: Bearer <API key>' header is required")
+    state.metrics.api_key_requests.labels(key_id).inc()
+    request.state.key_id = key_id  # for the access log
+    return key_id
+
+
+async def invocation(request: Request) -> tuple[Scored, LoadedModel, str]:
+    """Score one ``/invocations`` request: the answer, the model that gave it and its role
+    (champion, or challenger in a split). Raises ``ServiceError`` for every refusal."""
+    state = request.app.state
+    settings = state.settings
+    check_media_type(request.headers.get("content-type"))
+    role, answering = "champion", state.holder
+    challenger = state.challenger
+    fraction = settings.split_fraction
+    if (
+        fraction is not None
+        and challenger is not None
+        and challenger.current is not None
+        and routed_to_challenger(fraction, request.headers.get("x-routing-key"))
+    ):
+        role, answering = "challenger", challenger
+    model = answering.require()
+    request.state.model_version = model.version
+    request.state.model = model.label
+    request.state.model_role = role
+    scored = await handle(
+        request,
+        model,
+        settings=settings,
+        metrics=state.metrics,
+        in_flight=state.in_flight,
+        admission=state.admission,
+        role=role,
+    )
+    request.state.rows = scored.rows
+    shadow = state.shadow
+    if shadow is not None:
+        shadow.submit(scored.x, scored.predictions, model)
+    return scored, model, role
+
+
+class HotPath:
+    """Pure ASGI: ``POST /invocations`` answered by ``invocation``, the rest passed on."""
+
+    def __init__(self, app: ASGIApp, route: Any) -> None:
+        """``route``: the FastAPI route of ``/invocations``, put in ``scope["route"]`` as
+        FastAPI would (the per-route metrics read it)."""
+        self.app = app
+        self.route = route
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != INVOCATIONS:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route
+        request = Request(scope, receive)
+        try:
+            check_api_key(request, bearer_token(request.headers.get("authorization")))
+            scored, model, role = await invocation(request)
+        except ServiceError as exc:
+            await error_response("POST", exc)(scope, receive, send)
+            return
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(scored.content)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in answered_by(model, role).items()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": scored.content})
