@@ -19,6 +19,7 @@ challenger that cannot load never stops or slows the champion, and ``/model`` sa
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import random
@@ -42,6 +43,39 @@ def routed_to_challenger(fraction: float, routing_key: str | None) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+SHADOW_INLINE_ROWS = 16
+"""Shadow batches up to this many rows are scored on the event loop (a fraction of a ms)."""
+SHADOW_BATCH_ITEMS = 256
+"""Queued requests scored together at most."""
+
+_Item = tuple[np.ndarray, np.ndarray, str, tuple[str, ...]]
+
+
+def _grouped(items: list[_Item]) -> list[tuple[_Item, int]]:
+    """Queued requests as few batches as possible, each with how many requests it holds:
+    consecutive ones scored by the same champion on the same features are stacked into one."""
+    groups: list[list[_Item]] = []
+    for item in items:
+        if groups and groups[-1][0][2:] == item[2:]:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return [
+        (
+            group[0]
+            if len(group) == 1
+            else (
+                np.vstack([g[0] for g in group]),
+                np.concatenate([g[1] for g in group]),
+                group[0][2],
+                group[0][3],
+            ),
+            len(group),
+        )
+        for group in groups
+    ]
+
+
 class Shadow:
     """A bounded queue of the champion's scored rows, scored again by the challenger."""
 
@@ -59,9 +93,7 @@ class Shadow:
         self.threshold = threshold
         self.max_rows = max_rows
         self.queued_rows = 0
-        self.queue: asyncio.Queue[tuple[np.ndarray, np.ndarray, str, tuple[str, ...]]] = (
-            asyncio.Queue(size)
-        )
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(size)
 
     def submit(self, x: np.ndarray, predictions: np.ndarray, champion: LoadedModel) -> None:
         """Queue rows the champion scored (never waits: a full queue drops them, counted)."""
@@ -80,21 +112,41 @@ class Shadow:
         self.queued_rows += len(x)
 
     async def run(self) -> None:
-        """Score queued rows with the challenger, one batch at a time, in a thread."""
+        """Score queued rows with the challenger: everything queued at once as one batch, on the
+        event loop when it is a few rows (as the data plane does, cheaper than a thread hop;
+        it runs once the champion's answer is written), else in a thread."""
         while True:
-            x, predictions, champion, features = await self.queue.get()
+            items = [await self.queue.get()]
+            while len(items) < SHADOW_BATCH_ITEMS and not self.queue.empty():
+                items.append(self.queue.get_nowait())
             try:
-                await asyncio.to_thread(self.score, x, predictions, champion, features)
-            except Exception:
-                log.exception("shadow scoring failed")
-                self.metrics.shadow_dropped.labels("error").inc(len(x))
+                for (x, predictions, champion, features), requests in _grouped(items):
+                    work = functools.partial(
+                        self.score, x, predictions, champion, features, requests=requests
+                    )
+                    try:
+                        if len(x) <= SHADOW_INLINE_ROWS:
+                            work()
+                        else:
+                            await asyncio.to_thread(work)
+                    except Exception:
+                        log.exception("shadow scoring failed")
+                        self.metrics.shadow_dropped.labels("error").inc(len(x))
             finally:
-                self.queued_rows -= len(x)
-                self.queue.task_done()
+                for x, *_ in items:
+                    self.queued_rows -= len(x)
+                    self.queue.task_done()
 
     def score(
-        self, x: np.ndarray, predictions: np.ndarray, champion: str, features: tuple[str, ...]
+        self,
+        x: np.ndarray,
+        predictions: np.ndarray,
+        champion: str,
+        features: tuple[str, ...],
+        requests: int = 1,
     ) -> None:
+        """Score the champion's rows (of ``requests`` requests) with the challenger, and count
+        how the two agree."""
         model = self.challenger.current
         if model is None:
             self.metrics.shadow_dropped.labels("challenger not loaded").inc(len(x))
@@ -110,7 +162,9 @@ class Shadow:
         theirs = np.asarray(model.predictor.predict(x, 1), dtype=np.float64)
         labels = model_labels(model, "challenger")
         m = self.metrics
-        m.observe_scoring(theirs, labels, time.perf_counter() - started, answered=False)
+        m.observe_scoring(
+            theirs, labels, time.perf_counter() - started, answered=False, requests=requests
+        )
         pair = (champion, model.label)
         m.shadow_rows.labels(*pair).inc(len(x))
         m.shadow_abs_difference.labels(*pair).inc(float(np.abs(predictions - theirs).sum()))

@@ -133,6 +133,9 @@ def create_app(
         "summary": "P(target = 1) for Santander rows from an MLflow-registered LightGBM model",
         "version": _service_version(),
         "lifespan": lifespan,
+        # FastAPI's own OpenTelemetry hooks are off: /metrics and the access log cover the same,
+        # and each request would otherwise ask whether a tracer is configured.
+        "telemetry": {"tracing": False, "metrics": False, "logs": False},
     }
     if settings.enable_docs:
         # /docs and /redoc with their scripts served from here, not a CDN: they work offline.

@@ -326,11 +326,13 @@ class Metrics:
         model: tuple[str, str, str],
         seconds: float,
         answered: bool = True,
+        requests: int = 1,
     ) -> None:
-        """One scored request of ``model``: its probabilities, the request and its latency."""
+        """Scored rows of ``model`` (``requests`` requests, scored together in ``seconds``):
+        their probabilities, the requests and the latency."""
         self.observe_predictions(predictions, model, answered)
         children = self._model_children(model)
-        children.requests.inc()
+        children.requests.inc(requests)
         children.latency.observe(seconds)
 
     def observe_scored(self, x: np.ndarray, predictions: np.ndarray, model: Any) -> None:

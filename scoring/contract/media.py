@@ -8,6 +8,7 @@ refused with 415 naming it, as ``mlflow models serve`` does.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from scoring.errors import UnsupportedMediaType, name_list, quote_name
@@ -51,8 +52,11 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
+@functools.lru_cache(maxsize=64)
 def parse_media_type(content_type: str | None) -> MediaType:
-    """The media type this service reads, or ``UnsupportedMediaType`` (415) saying why not."""
+    """The media type this service reads, or ``UnsupportedMediaType`` (415) saying why not.
+
+    Cached (clients repeat their ``Content-Type``); refusals are raised again each time."""
     kind, *pairs = (part.strip() for part in (content_type or "").split(";"))
     kind = kind.lower()
     if not kind:
