@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             # what drift and the inference log cost a one-row request.
             "ours_no_drift": {**ours_env, "DRIFT_WINDOW": "0"},
             "ours_log": {**ours_env, "INFERENCE_LOG_DIR": str(tmp / "inference-log")},
+            # As deployed, without the access log: what one line per request costs.
+            "ours_quiet": {**ours_env, "LOG_LEVEL": "WARNING"},
         }
         if not args.no_monitoring_runs:
             for name, env in monitoring_runs.items():
@@ -203,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                 server, wrk, args, tmp, bodies["one"]
             )
         log(f"bare: {results['bare']}")
+        results["startup"] = startup(uri, args, tmp)
+        log(f"startup: {results['startup']}")
+        results["scaling"] = scaling(uri, wrk, args, tmp, bodies["one"])
+        log(f"scaling: {results['scaling']}")
         results["swaps"] = swap_memory(uri, args, tmp)
         log(f"swaps: {results['swaps']}")
         results["shadow"] = shadow_latency(uri, bodies["one"], wrk, args, tmp)
@@ -214,6 +220,54 @@ def main(argv: list[str] | None = None) -> int:
     report.write(results, table, args.out)
     log(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
     return 0
+
+
+def startup(uri: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Start to ready with the service's own defaults and a cold compile cache, as a fresh
+    container starts: ready while LightGBM scores, then the compiled trees take over in the
+    background. Seconds to ready, and from ready until ``/model`` says the compiled trees score."""
+    env = {"COMPILED_CACHE_DIR": str(tmp / "startup-cold-cache")}
+    port = servers.free_port()
+    command = servers.ours_command(uri, port, args.workers)
+    log(f"starting ours for start-up (defaults, cold compile cache): {' '.join(command[1:])}")
+    with servers.running(
+        "ours_startup", command, port, ready_path="/health/ready", log_dir=tmp, env=env
+    ) as server:
+        ready = time.monotonic()
+        out: dict[str, Any] = {"ready_s": server.ready_s}
+        deadline = ready + 600
+        while load.httpx_get_json(server.base + "/model").get("backend") != "lleaves":
+            if time.monotonic() > deadline:
+                out["compiled_after_ready_s"] = None
+                return out
+            time.sleep(0.25)
+        out["compiled_after_ready_s"] = time.monotonic() - ready
+        out["rss_mb"] = server.rss_bytes()[0] / 2**20
+    return out
+
+
+SCALING_CONNECTIONS = 64
+
+
+def scaling(uri: str, wrk: str, args: argparse.Namespace, tmp: Path, one: Path) -> dict[str, Any]:
+    """One-row requests per second at 64 connections with one worker, then with one worker per
+    core: how the service scales with workers on this machine (wrk shares its cores)."""
+    cores = os.cpu_count() or 1
+    env = {"COMPILED_CACHE_DIR": str(args.cache / "lleaves"), "COMPILE_IN_BACKGROUND": "false"}
+    out: dict[str, Any] = {"cores": cores, "connections": SCALING_CONNECTIONS}
+    for workers in sorted({1, cores}):
+        port = servers.free_port()
+        command = servers.ours_command(uri, port, workers)
+        log(f"starting ours ({workers} worker(s)): {' '.join(command[1:])}")
+        with servers.running(
+            f"ours_w{workers}", command, port, ready_path="/health/ready", log_dir=tmp, env=env
+        ) as server:
+            result = load.run_wrk(
+                wrk, server.base + "/invocations", one, content_type=JSON,
+                connections=SCALING_CONNECTIONS, seconds=args.duration, threads=2, work_dir=tmp,
+            )  # fmt: skip
+        out[f"w{workers}"] = vars(result) | {"rps": result.rps}
+    return out
 
 
 def swap_memory(uri: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from tests.helpers import PROJECT_DIR
 TINY = ["--trees", "5", "--train-rows", "500", "--rows", "50", "--duration", "1"]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path) -> None:
     if shutil.which("wrk") is None and not Path("/usr/bin/apt-get").exists():
         pytest.skip("wrk is not installed and cannot be installed here")
@@ -28,7 +28,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
         [sys.executable, "-m", "bench.run", *TINY, "--repeats", "1", "--no-lightgbm-run",
          "--swaps", "2",
          "--out", str(out), "--cache", str(tmp_path / "cache")],
-        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=230, check=False,
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=290, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -45,6 +45,10 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     swaps = results["swaps"]
     assert swaps["swaps"] == 2 and swaps["backend_after_swaps"] == "lleaves"
     assert swaps["rss_cold_mb"] > 0 and swaps["rss_after_swaps_mb"] > 0
+    assert results["bare"]["c1"]["requests"] > 0 and results["ours_quiet"]["cn"]["requests"] > 0
+    assert results["startup"]["ready_s"] > 0 and results["startup"]["compiled_after_ready_s"] > 0
+    scaling = results["scaling"]
+    assert all(scaling[f"w{w}"]["requests"] > 0 for w in {1, scaling["cores"]})
     shadow = results["shadow"]
     assert shadow["alone"]["requests"] > 0 and shadow["shadow"]["requests"] > 0
     assert shadow["shadow_rows"] + shadow["shadow_dropped_rows"] > 0
@@ -58,5 +62,6 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert "Arrow IPC stream" in table and "Parquet" in table
     assert "Resident memory across model swaps" in table
     assert "A shadow challenger" in table
+    assert "Against the HTTP floor" in table and "access log" in table
     assert "| 1 row, 1 connection: p50 latency (ms) |" in table.split("**POST /explain**")[1]
     assert table in proc.stdout  # the same table is printed
