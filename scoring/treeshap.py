@@ -36,9 +36,13 @@ from scoring.compiled import probe_rows
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-9
+MAX_PATH_FEATURES = 16
+"""A leaf whose path has ``d`` distinct features needs ``2^d`` table entries, each built in
+``O(d^2)``: deeper paths (possible with many leaves per tree) are left to LightGBM."""
 MAX_TABLE_ENTRIES = 1 << 25
-"""Table size bound (256 MB of float64): a leaf with ``d`` distinct path features has ``d * 2^d``
-entries, so deep trees (``d`` above ~20) would not fit; such models are explained by LightGBM."""
+"""The bound on all tables together (256 MiB of float64)."""
+PROBE_ROWS = 256
+"""Rows checked against ``pred_contrib`` at load (LightGBM's TreeSHAP is the slow part)."""
 MIN_ROWS_PER_THREAD = 64
 """Fewer rows than this per thread are explained on the calling thread alone."""
 
@@ -161,10 +165,11 @@ def build_engine(
     except Unsupported as exc:
         return None, f"LightGBM pred_contrib explains (fast TreeSHAP: {exc})"
     engine = TreeShapEngine(kernels, arrays, booster.num_feature(), base)
-    rows = probe if probe is not None else probe_rows(booster, n=256)
+    rows = probe if probe is not None else probe_rows(booster, n=PROBE_ROWS, dump=dump)
     try:
         expected = np.asarray(booster.predict(rows, pred_contrib=True), dtype=np.float64)
         got = engine.contributions(rows, 1)
+        engine.contributions(_read_only(rows[:1]), 1)  # numba compiles read-only input apart
         diff = float(np.max(np.abs(expected - got))) if expected.shape == got.shape else np.inf
     except Exception as exc:
         log.warning("fast TreeSHAP failed on the probe rows: %s", exc, exc_info=True)
@@ -180,6 +185,12 @@ def build_engine(
         f"built in {seconds:.2f}s, {arrays.table.nbytes / 2**20:.0f} MiB of tables)"
     )
     return engine, engine.note
+
+
+def _read_only(x: np.ndarray) -> np.ndarray:
+    view = x.view()
+    view.flags.writeable = False
+    return view
 
 
 def _trees(dump: dict[str, Any]) -> list[dict[str, Any]]:
@@ -318,6 +329,10 @@ def _flatten(dump: dict[str, Any]) -> tuple[_Arrays, float]:
         columns["leaf_node"] += tree.leaf_node
         columns["leaf_value"] += tree.leaf_value
         for features, zero in zip(tree.leaf_features, tree.leaf_zero, strict=True):
+            if len(features) > MAX_PATH_FEATURES:
+                raise Unsupported(
+                    f"a path with {len(features)} distinct features (over {MAX_PATH_FEATURES})"
+                )
             columns["slot_feature"] += features
             columns["slot_zero"] += zero
             starts["leaf_slot"].append(len(columns["slot_feature"]))

@@ -153,9 +153,13 @@ def test_multiclass_and_linear_trees_fall_back() -> None:
 
 def test_tables_too_large_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
     booster = _trained("small, missing as NaN")
-    monkeypatch.setattr(treeshap, "MAX_TABLE_ENTRIES", 10)
+    with monkeypatch.context() as patch:
+        patch.setattr(treeshap, "MAX_TABLE_ENTRIES", 10)
+        engine, note = treeshap.build_engine(booster)
+        assert engine is None and "too deep" in note
+    monkeypatch.setattr(treeshap, "MAX_PATH_FEATURES", 2)
     engine, note = treeshap.build_engine(booster)
-    assert engine is None and "too deep" in note
+    assert engine is None and "distinct features (over 2)" in note
 
 
 def test_a_mismatch_on_the_probe_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
