@@ -11,8 +11,9 @@ splits' decisions, one pattern per leaf and a few table additions (``explain_row
 The trees are read from ``Booster.dump_model()`` and decided exactly as LightGBM decides
 (missing types None/Zero/NaN, default directions, values with ``|x| <= 1e-35`` read as zero), with
 LightGBM's cover (``internal_count``/``leaf_count``). Only single-output models with numerical
-splits and constant leaves are built; anything else, numba missing, or tables over
-``MAX_TABLE_ENTRIES`` gives ``None`` and a reason, and the caller keeps LightGBM. Like
+splits and constant leaves are built; anything else, numba missing, paths of more than
+``MAX_PATH_FEATURES`` distinct features or tables over ``MAX_TABLE_ENTRIES`` gives ``None`` and a
+reason, and the caller keeps LightGBM. Like
 ``scoring.compiled`` the engine is trusted only after it matched ``pred_contrib`` to
 ``TOLERANCE`` on probe rows (``build_engine``), which also compiles (or loads from numba's disk
 cache) the kernels, so no request pays for them.
@@ -112,7 +113,6 @@ class TreeShapEngine:
         self._forest = arrays.kernel_arguments()
         self.n_features = n_features
         self.base_value = base
-        self.note = "fast TreeSHAP"
 
     def contributions(self, x: np.ndarray, threads: int) -> np.ndarray:
         """``(n, n_features + 1)``: each feature's contribution, then the base value, like
@@ -164,6 +164,9 @@ def build_engine(
         )
     except Unsupported as exc:
         return None, f"LightGBM pred_contrib explains (fast TreeSHAP: {exc})"
+    except Exception as exc:  # any failure of an optional accelerator means: LightGBM explains
+        log.warning("fast TreeSHAP could not read the model: %s", exc, exc_info=True)
+        return None, f"LightGBM pred_contrib explains (fast TreeSHAP failed: {exc!r})"
     engine = TreeShapEngine(kernels, arrays, booster.num_feature(), base)
     rows = probe if probe is not None else probe_rows(booster, n=PROBE_ROWS, dump=dump)
     try:
@@ -180,11 +183,10 @@ def build_engine(
             f"LightGBM pred_contrib explains (fast TreeSHAP differs by {diff:.1e} > "
             f"{TOLERANCE:.0e} on {len(rows)} probe rows)"
         )
-    engine.note = (
+    return engine, (
         f"fast TreeSHAP explains (matches pred_contrib to {diff:.1e} on {len(rows)} probe rows; "
         f"built in {seconds:.2f}s, {arrays.table.nbytes / 2**20:.0f} MiB of tables)"
     )
-    return engine, engine.note
 
 
 def _read_only(x: np.ndarray) -> np.ndarray:
