@@ -266,6 +266,7 @@ class Settings(BaseSettings):
             cache_dir=self.compiled_cache_dir or None,
             background=self.compile_in_background,
             allow_untrusted=self.allow_untrusted_models,
+            explain=True,  # POST /explain: no request builds the explanation engine
         )
 
     def memory_limit_bytes(self) -> int:

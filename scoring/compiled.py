@@ -234,13 +234,16 @@ def _compile_object(model_file: str, out: str, symbol: str) -> None:
     lleaves.Model(model_file=model_file).compile(cache=out, froot_func_name=symbol)
 
 
-def probe_rows(booster: Any, n: int = PROBE_ROWS, seed: int = 0) -> np.ndarray:
+def probe_rows(
+    booster: Any, n: int = PROBE_ROWS, seed: int = 0, dump: dict[str, Any] | None = None
+) -> np.ndarray:
     """Rows that take every kind of branch: values at, just below and just above each split
-    threshold, plus missing values, zeros, tiny values and values beyond every threshold."""
+    threshold, plus missing values, zeros, tiny values and values beyond every threshold.
+    ``dump`` is ``booster.dump_model()`` where the caller has it already."""
     rng = np.random.default_rng(seed)
     n_features = booster.num_feature()
     thresholds: list[list[float]] = [[] for _ in range(n_features)]
-    for tree in booster.dump_model()["tree_info"]:
+    for tree in (dump or booster.dump_model())["tree_info"]:
         _collect(tree["tree_structure"], thresholds)
     rows = np.empty((n, n_features), dtype=np.float64)
     for j in range(n_features):

@@ -40,6 +40,9 @@ class LoadOptions:
     """Serve with LightGBM at once and switch to the compiled trees when they are ready."""
     allow_untrusted: bool = False
     """Also load models whose loading can run code (python-function models, any pickle)."""
+    explain: bool = False
+    """Decide at load which engine explains (``scoring.treeshap`` or LightGBM), so no request
+    builds it; else the first explanation does."""
 
 
 @dataclass
@@ -157,7 +160,12 @@ def build_predictor(local: Path, options: LoadOptions, uri: str = "?") -> Predic
     features, booster, how = read_model_folder(local, options, uri)
     if booster is not None:
         predictor = BoosterPredictor(
-            booster, features, options.compiled, options.cache_dir, options.background
+            booster,
+            features,
+            options.compiled,
+            options.cache_dir,
+            options.background,
+            explain=options.explain,
         )
         predictor.loading = how
         return predictor
@@ -350,7 +358,12 @@ def predictor_from_package(package: ModelPackage, options: LoadOptions | None = 
 
             booster = lgb.Booster(model_str=package.booster_text)
             return BoosterPredictor(
-                booster, package.features, options.compiled, options.cache_dir, options.background
+                booster,
+                package.features,
+                options.compiled,
+                options.cache_dir,
+                options.background,
+                explain=options.explain,
             )
         if package.archive is None:
             raise ModelLoadError(package.uri, "the package holds no model")

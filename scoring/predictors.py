@@ -15,6 +15,7 @@ import numpy as np
 
 from scoring.compiled import CompiledForest, compile_booster
 from scoring.errors import ExplanationsUnavailable
+from scoring.treeshap import TreeShapEngine, build_engine
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ class BoosterPredictor:
     With ``compiled=True`` the trees are compiled by lleaves (``scoring.compiled``) and that code
     scores instead, but only if it matched ``Booster.predict`` to 1e-9 on probe rows at load
     time; otherwise, or without lleaves, LightGBM scores. ``backend`` says which.
+
+    Contributions come from ``scoring.treeshap`` where it matched ``pred_contrib`` to 1e-9 on
+    probe rows, else from LightGBM; ``explainer_note`` says which. That is decided once: at load
+    with ``explain=True`` (in the background too with ``background=True``), else by the first
+    explanation asked for.
     """
 
     flavor = "lightgbm"
@@ -49,6 +55,8 @@ class BoosterPredictor:
         compiled: bool = False,
         cache_dir: str | None = None,
         background: bool = False,
+        *,
+        explain: bool = False,
     ) -> None:
         self.booster = booster
         booster_names = list(booster.feature_name())
@@ -77,6 +85,16 @@ class BoosterPredictor:
             self.compiling.start()
         elif compiled:
             self._compile(cache_dir)
+        self._explainer: TreeShapEngine | None = None
+        self._explainer_decided = False
+        self._explainer_lock = threading.Lock()
+        self.explainer_note = "decided by the first explanation"
+        if explain and background:
+            threading.Thread(
+                target=self.prepare_explanations, name="treeshap-build", daemon=True
+            ).start()
+        elif explain:
+            self.prepare_explanations()
 
     def _compile(self, cache_dir: str | None) -> None:
         compiled, note = compile_booster(self.booster, cache_dir)
@@ -85,6 +103,28 @@ class BoosterPredictor:
             self._compiled = compiled  # one assignment: requests switch over atomically
         self.backend_note = note
         log.info("scoring backend: %s", note)
+
+    def prepare_explanations(self) -> None:
+        """Decide which engine explains (build and check the fast one), unless done already."""
+        with self._explainer_lock:
+            self._decide_explainer()
+
+    def _decide_explainer(self) -> None:
+        if self._explainer_decided:
+            return
+        self._explainer, self.explainer_note = build_engine(self.booster)
+        self._explainer_decided = True
+        log.info("explanations: %s", self.explainer_note)
+
+    def _explainer_now(self) -> TreeShapEngine | None:
+        """The fast engine once decided. Decides now when no other thread is deciding; while one
+        is (a build in the background), LightGBM explains rather than wait."""
+        if not self._explainer_decided and self._explainer_lock.acquire(blocking=False):
+            try:
+                self._decide_explainer()
+            finally:
+                self._explainer_lock.release()
+        return self._explainer
 
     def wait_compiled(self, timeout: float | None = None) -> bool:
         """Wait for a background compilation; whether the compiled forest now scores."""
@@ -102,16 +142,21 @@ class BoosterPredictor:
         return np.asarray(out, dtype=np.float64)
 
     def contributions(self, x: np.ndarray, threads: int) -> np.ndarray:
-        """Exact per-feature contributions (TreeSHAP, LightGBM's own ``pred_contrib``) in the raw
-        score (log-odds for a binary objective): an ``(n, len(features) + 1)`` matrix whose
-        columns follow ``features`` (the order ``x`` came in), the last one the base value; each
-        row adds up to the row's raw score. LightGBM computes them even where lleaves scores.
+        """Exact per-feature contributions (TreeSHAP: ``scoring.treeshap`` where it is proven
+        equal, else LightGBM's own ``pred_contrib``) in the raw score (log-odds for a binary
+        objective): an ``(n, len(features) + 1)`` matrix whose columns follow ``features`` (the
+        order ``x`` came in), the last one the base value; each row adds up to the row's raw
+        score. Neither depends on whether lleaves scores.
         """
         booster_x = np.ascontiguousarray(x[:, self._order]) if self._order is not None else x
-        out = np.asarray(
-            self.booster.predict(booster_x, pred_contrib=True, num_threads=threads),
-            dtype=np.float64,
-        )
+        engine = self._explainer_now()
+        if engine is not None:
+            out = engine.contributions(booster_x, threads)
+        else:
+            out = np.asarray(
+                self.booster.predict(booster_x, pred_contrib=True, num_threads=threads),
+                dtype=np.float64,
+            )
         width = len(self.features) + 1
         if out.ndim != 2 or out.shape[1] != width:
             raise ExplanationsUnavailable(

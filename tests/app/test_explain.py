@@ -98,6 +98,18 @@ def test_classifier_model_is_explained(
     assert all(len(r) == 3 for r in answer["reasons"])
 
 
+@pytest.mark.parametrize("which", ["client", "classifier_client"])
+def test_the_fast_engine_explains_the_served_models(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """Both served models are explained by ``scoring.treeshap`` (the tests above hold its
+    answers to LightGBM's), built when the model loaded (in the background, as lleaves)."""
+    client: TestClient = request.getfixturevalue(which)
+    predictor = client.app.state.holder.current.predictor  # type: ignore[attr-defined]
+    predictor.prepare_explanations()  # waits for the build started at load
+    assert predictor.explainer_note.startswith("fast TreeSHAP explains"), predictor.explainer_note
+
+
 HOSTILE = {name: (c.body, c.headers) for name, c in REFUSED.items()}
 HOSTILE["too many rows"] = (split([ROW] * 1001), JSON)
 HOSTILE["body too large"] = (split([ROW]) + " " * 2_000_001, JSON)
