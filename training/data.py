@@ -125,7 +125,7 @@ def synthesize(rows: int, seed: int = 0) -> pd.DataFrame:
     z[pos] = z[pos] * spec.scale + spec.shift
     x = np.round(spec.mu + spec.sigma * z, DECIMALS)
     frame = pd.DataFrame(x, columns=FEATURES)
-    frame.insert(0, TARGET, y)
+    frame.insert(0, TARGET, pd.Series(y, index=frame.index))
     frame.insert(0, ID, [f"train_{i}" for i in range(rows)])
     return frame
 

@@ -52,6 +52,7 @@ def reference_profile(
     Returns:
         The profile.
     """
+    matrix: np.ndarray
     if isinstance(x, pd.DataFrame):
         features = features or [str(c) for c in x.columns]
         matrix = x[features].to_numpy(dtype=np.float64)
