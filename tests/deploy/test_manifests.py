@@ -31,7 +31,7 @@ VALIDATE = str(Path(sys.executable).parent / "kubernetes-validate")
 # The oldest Kubernetes the manifests claim to work on, and the newest the validator knows.
 VERSIONS = ["1.29.0", None]
 # Read by the process but not Settings fields: MLflow's own, and Python's tempfile.
-NOT_SETTINGS = {"MLFLOW_TRACKING_URI", "TMPDIR"}
+NOT_SETTINGS = {"MLFLOW_TRACKING_URI", "TMPDIR", "NUMBA_CACHE_DIR"}  # read by MLflow, Python, numba
 
 PLAIN = kustomize(KUBE_DIR)
 KSERVE = kustomize(KSERVE_DIR)
