@@ -1,6 +1,6 @@
 """Benchmark this service against ``mlflow models serve`` on one fixed model, in one run.
 
-    python -m bench.run                      # the full run (make bench), ~3-5 minutes
+    python -m bench.run                      # the full run (make bench), ~10 minutes
     python -m bench.run --trees 20 --rows 200 --duration 2 --repeats 2 --out /tmp/b   # tiny
     python -m bench.run --only swaps --out /tmp/b   # only the resident memory across swaps
     python -m bench.run --only memory --out /tmp/b  # only the memory under bursts (issue 19)
