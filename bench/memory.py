@@ -24,7 +24,6 @@ during a load, the server is killed and its remaining loads are skipped (said in
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import threading
@@ -133,39 +132,49 @@ def judge(body: Body, status: int, headers: httpx.Headers, content: bytes, out: 
         out.mark_wrong(body, f"differs from Booster.predict by {diff:.3g}")
 
 
-async def drive(url: str, load: Load, stop: threading.Event) -> Answers:
-    """Send ``load`` to ``url`` and judge every answer; no new request once ``stop`` is set."""
+def drive(url: str, load: Load, stop: threading.Event) -> Answers:
+    """Send ``load`` to ``url`` from one thread and connection per client, judging every answer;
+    no new request once ``stop`` is set.
+
+    Threads with httpx's blocking client, not its ``AsyncClient``: a server may answer (503, 413)
+    before it reads a big body and close the connection; the blocking client, stopped writing,
+    still reads that answer, while the async one reports only the connection reset.
+    """
     out = Answers()
+    lock = threading.Lock()
     sent = 0
     deadline = time.monotonic() + load.seconds
-    limits = httpx.Limits(
-        max_connections=load.connections, max_keepalive_connections=load.connections
-    )
 
     def next_body() -> Body | None:
         nonlocal sent
-        over = load.count is not None and sent >= load.count
-        if over or time.monotonic() >= deadline or stop.is_set():
-            return None
-        sent += 1
-        return load.bodies[(sent - 1) % len(load.bodies)]
+        with lock:
+            over = load.count is not None and sent >= load.count
+            if over or time.monotonic() >= deadline or stop.is_set():
+                return None
+            sent += 1
+            return load.bodies[(sent - 1) % len(load.bodies)]
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        while (body := next_body()) is not None:
-            try:
-                r = await client.post(
-                    url, content=body.content, headers={"Content-Type": body.media}
-                )
-            except httpx.TimeoutException:
-                out.add(body, f"{NO_ANSWER} (client timeout {CLIENT_TIMEOUT:g} s)")
-                continue
-            except httpx.TransportError as exc:
-                out.add(body, f"{NO_ANSWER} ({type(exc).__name__})")
-                continue
-            judge(body, r.status_code, r.headers, r.content, out)
+    def client_loop() -> None:
+        with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+            while (body := next_body()) is not None:
+                try:
+                    r = client.post(url, content=body.content, headers={"Content-Type": body.media})
+                except httpx.TimeoutException:
+                    bucket = f"{NO_ANSWER} (client timeout {CLIENT_TIMEOUT:g} s)"
+                except httpx.TransportError as exc:
+                    bucket = f"{NO_ANSWER} ({type(exc).__name__})"
+                else:
+                    with lock:
+                        judge(body, r.status_code, r.headers, r.content, out)
+                    continue
+                with lock:
+                    out.add(body, bucket)
 
-    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT, limits=limits) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(load.connections)))
+    clients = [threading.Thread(target=client_loop) for _ in range(load.connections)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
     return out
 
 
@@ -235,8 +244,9 @@ def settle(pid: int, seconds: float) -> tuple[int, float]:
 
 def server_answers(base: str) -> Counter[str] | None:
     """What the server says it answered to ``/invocations``, by status (this service's
-    ``/metrics``; ``None`` for a server without them). A 503 sent before a big body was read is
-    counted there even when the client, still sending, only sees the connection reset."""
+    ``/metrics``; ``None`` for a server without them): set beside the client's count, it tells
+    an answer the client lost (e.g. a 503 sent before a big body was read, to a client that only
+    saw the connection reset) from one the server never gave."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
@@ -264,7 +274,7 @@ def run_load(server: servers.Server, load: Load, settle_seconds: float) -> dict[
     before = tree_rss(pid)[0]
     started = time.monotonic()
     with Sampler(server) as sampler:
-        answers = asyncio.run(drive(server.base + "/invocations", load, sampler.tripped))
+        answers = drive(server.base + "/invocations", load, sampler.tripped)
         load_s = time.monotonic() - started
         kept, settle_s = (0, 0.0) if sampler.tripped.is_set() else settle(pid, settle_seconds)
     counted_after = None if sampler.tripped.is_set() else server_answers(server.base)
@@ -473,10 +483,9 @@ def render(r: dict[str, Any]) -> list[str]:
         f"{ours.get('rss_not_workers_mb', 0):.0f} MB: {budget or 0:,.0f} MB. Kept: the tree "
         f"{m['settle_max_s']:g} s after the load, or earlier once it stopped falling (no new low "
         "for 5 s); its target is against the tree just before that load. Every 200 is checked "
-        "against in-process `Booster.predict` to 1e-9. Answers are as the client got them; a "
-        "connection reset is no answer and misses the target (a 503 sent before a big body was "
-        "read, with `Connection: close`, is lost to a client still sending that body), so this "
-        "service's own count of its answers (`/metrics`) is shown beside.",
+        "against in-process `Booster.predict` to 1e-9. Answers are as the client got them (a "
+        "timeout or connection reset is no answer and misses the target); this service's own "
+        "count of its answers (`/metrics`) is shown beside.",
         "",
         "| load | server | answers | before → peak → kept | peak ≤ budget | kept ≤ 1.3x before "
         "| every answer 200, 4xx or 503 + Retry-After | no wrong answer |",
