@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=30.0,
         help="longest wait for the memory kept after each load (seconds)",
     )
-    p.add_argument("--swaps", type=int, default=10, help="model swaps in the memory part")
+    p.add_argument("--swaps", type=int, default=10, help="model swaps in the swaps part")
     p.add_argument(
         "--warm-cache",
         action="store_true",
