@@ -1,25 +1,28 @@
 """Benchmark this service against ``mlflow models serve`` on one fixed model, in one run.
 
-    python -m bench.run                      # the full run (make bench), ~3-5 minutes
+    python -m bench.run                      # the full run (make bench), ~10 minutes
     python -m bench.run --trees 20 --rows 200 --duration 2 --repeats 2 --out /tmp/b   # tiny
     python -m bench.run --only swaps --out /tmp/b   # only the resident memory across swaps
+    python -m bench.run --only memory --out /tmp/b  # only the memory under bursts (issue 19)
 
 It trains (or loads from ``bench/.cache/``) a 1000-tree, 13-leaf LightGBM model over 200
 synthetic features, logs it to a temporary MLflow store, starts both servers on it, checks they
 answer the same predictions as in-process ``Booster.predict`` (to 1e-9), then measures with wrk
 and httpx: one-row latency and throughput, one 10,000-row request as split JSON (and as Parquet
 and Arrow IPC for this service), each server's resident memory, the in-process floor, and this
-service's resident memory with a cold compile cache and across ten model swaps. The
-table (with mlflow / ours ratios and the targets) is printed and written to ``--out`` as
-``latest.json`` and ``latest.md``.
+service's resident memory with a cold compile cache and across ten model swaps, and both
+servers' resident memory under bursts of mixed, 10,000-row and 62 MiB bodies (``bench.memory``,
+every answer checked). The table (with mlflow / ours ratios and the targets) is printed and
+written to ``--out`` as ``latest.json`` and ``latest.md``.
 
 The benchmark is a measuring tool, not a test: it fails only when a server cannot be run or
-the two disagree on predictions.
+the two disagree on predictions (a wrong answer under the memory loads included).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -32,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import explain, fixture, load, report, servers
+from bench import explain, fixture, load, memory, report, servers
 from bench.fixture import ModelSpec
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -61,12 +64,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        choices=["swaps", "shadow"],
+        choices=["swaps", "shadow", "memory"],
         default=None,
         help="run one part alone (swaps: resident memory, cold cache and ten swaps; shadow: "
-        "one-row latency with a shadow challenger against none)",
+        "one-row latency with a shadow challenger against none; memory: both servers' resident "
+        "memory under bursts, with a memory budget for ours)",
     )
-    p.add_argument("--swaps", type=int, default=10, help="model swaps in the memory part")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory-under-bursts part")
+    p.add_argument(
+        "--memory-seconds",
+        type=float,
+        default=20.0,
+        help="the mixed load's length in the memory part (its 2,500-row load: half of it)",
+    )
+    p.add_argument(
+        "--memory-bodies", type=int, default=96, help="bodies of --rows rows in the memory part"
+    )
+    p.add_argument(
+        "--memory-big-rows",
+        type=int,
+        default=42_500,
+        help="rows of the memory part's biggest body (42,500: 62 MiB of split JSON, the issue's "
+        "body just under MAX_BODY_BYTES)",
+    )
+    p.add_argument(
+        "--memory-settle",
+        type=float,
+        default=30.0,
+        help="longest wait for the memory kept after each load (seconds)",
+    )
+    p.add_argument("--swaps", type=int, default=10, help="model swaps in the swaps part")
     p.add_argument(
         "--warm-cache",
         action="store_true",
@@ -85,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wrk = load.ensure_wrk() if args.only != "swaps" else ""
+    wrk = load.ensure_wrk() if args.only not in ("swaps", "memory") else ""
     spec = ModelSpec(trees=args.trees, leaves=args.leaves, train_rows=args.train_rows)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -128,6 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "shadow.md").write_text(table)
         return 0
+    if args.only == "memory":
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            results["memory"] = memory_part(booster, fixture.log_to_store(booster, tmp), args, tmp)
+        table = "\n".join(memory.render(results))
+        print(table)
+        (args.out / "memory.md").write_text(table)
+        (args.out / "memory.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        return fail_on_wrong_answers(results)
     x = fixture.bench_rows(args.rows)
     one = x[:1]
     check = x[: min(CHECK_ROWS, len(x))]
@@ -213,13 +249,45 @@ def main(argv: list[str] | None = None) -> int:
         log(f"swaps: {results['swaps']}")
         results["shadow"] = shadow_latency(uri, bodies["one"], wrk, args, tmp)
         log(f"shadow: {results['shadow']}")
+        if not args.no_memory:
+            results["memory"] = memory_part(booster, uri, args, tmp)
 
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    table = report.render(results) + "\n".join(explain.render(results))
+    table = (
+        report.render(results)
+        + "\n".join(explain.render(results))
+        + "\n".join(memory.render(results))
+    )
     print(table)
     report.write(results, table, args.out)
     log(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
-    return 0
+    return fail_on_wrong_answers(results)
+
+
+def memory_part(booster: Any, uri: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Both servers' resident memory under bursts (``bench.memory``), with this service's
+    compile cache cold (a fresh folder) unless ``--warm-cache``."""
+    return memory.measure(
+        booster,
+        uri,
+        big_rows=args.memory_big_rows,
+        rows=args.rows,
+        seconds=args.memory_seconds,
+        bodies=args.memory_bodies,
+        settle_seconds=args.memory_settle,
+        compile_cache=args.cache / "lleaves" if args.warm_cache else tmp / "lleaves-memory",
+        tmp=tmp,
+        log=log,
+    )
+
+
+def fail_on_wrong_answers(results: dict[str, Any]) -> int:
+    """Exit status 1, after the table is written, when a server answered wrong under a memory
+    load (the other parts stop at once on a wrong answer)."""
+    wrong = memory.wrong_answers(results)
+    for line in wrong:
+        print(f"error: wrong answers under the memory loads: {line}", file=sys.stderr)
+    return 1 if wrong else 0
 
 
 def startup(uri: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", *TINY, "--repeats", "1", "--no-lightgbm-run",
-         "--swaps", "2",
+         "--swaps", "2", "--no-memory",  # the memory part has its own test (test_bench_memory)
          "--out", str(out), "--cache", str(tmp_path / "cache")],
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=290, check=False,
     )  # fmt: skip
