@@ -43,7 +43,7 @@ def routed_to_challenger(fraction: float, routing_key: str | None) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-SHADOW_INLINE_ROWS = 16
+SHADOW_INLINE_ROWS = 4
 """Shadow batches up to this many rows are scored on the event loop (a fraction of a ms)."""
 SHADOW_BATCH_ITEMS = 256
 """Queued requests scored together at most."""
@@ -86,12 +86,15 @@ class Shadow:
         threshold: float,
         size: int,
         max_rows: int = 100_000,
+        linger: float = 0.01,
     ) -> None:
-        """``size`` requests at most wait, holding ``max_rows`` rows at most between them."""
+        """``size`` requests at most wait, holding ``max_rows`` rows at most between them;
+        rows are scored in batches gathered over ``linger`` seconds."""
         self.challenger = challenger
         self.metrics = metrics
         self.threshold = threshold
         self.max_rows = max_rows
+        self.linger = linger
         self.queued_rows = 0
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(size)
 
@@ -112,11 +115,14 @@ class Shadow:
         self.queued_rows += len(x)
 
     async def run(self) -> None:
-        """Score queued rows with the challenger: everything queued at once as one batch, on the
-        event loop when it is a few rows (as the data plane does, cheaper than a thread hop;
-        it runs once the champion's answer is written), else in a thread."""
+        """Score queued rows with the challenger: everything queued within ``linger`` of the
+        first as one batch, on the event loop when it is a few rows (cheaper than a thread
+        hop), else in a thread (the compiled trees release the GIL)."""
         while True:
             items = [await self.queue.get()]
+            # Linger a little: a batch scored in one call costs far less per row than one call
+            # per request, and most requests then never wait behind the challenger's work.
+            await asyncio.sleep(self.linger)
             while len(items) < SHADOW_BATCH_ITEMS and not self.queue.empty():
                 items.append(self.queue.get_nowait())
             try:

@@ -22,6 +22,7 @@ the two disagree on predictions (a wrong answer under the memory loads included)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -64,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        choices=["swaps", "shadow", "memory"],
+        choices=["swaps", "shadow", "memory", "overheads"],
         default=None,
         help="run one part alone (swaps: resident memory, cold cache and ten swaps; shadow: "
         "one-row latency with a shadow challenger against none; memory: both servers' resident "
@@ -142,6 +143,19 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "swaps.md").write_text(table)
         return 0
+    if args.only == "overheads":
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            uri = fixture.log_to_store(booster, tmp)
+            one_body = tmp / "one.body"
+            one_body.write_bytes(fixture.split_json(fixture.bench_rows(1)))
+            results["overheads"] = overheads(uri, one_body, wrk, args, tmp)
+        log(f"overheads: {results['overheads']}")
+        table = "\n".join(report.render_overheads(results, args.connections))
+        print(table)
+        (args.out / "overheads.md").write_text(table)
+        (args.out / "overheads.json").write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     if args.only == "shadow":
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
             tmp = Path(tmp_name)
@@ -197,19 +211,6 @@ def main(argv: list[str] | None = None) -> int:
                     True,
                 )
             )
-        monitoring_runs = {
-            # "ours" runs as deployed, drift on (the model has a profile); these two measure
-            # what drift and the inference log cost a one-row request.
-            "ours_no_drift": {**ours_env, "DRIFT_WINDOW": "0"},
-            "ours_log": {**ours_env, "INFERENCE_LOG_DIR": str(tmp / "inference-log")},
-            # As deployed, without the access log: what one line per request costs.
-            "ours_quiet": {**ours_env, "LOG_LEVEL": "WARNING"},
-        }
-        if not args.no_monitoring_runs:
-            for name, env in monitoring_runs.items():
-                port = servers.free_port()
-                command = servers.ours_command(uri, port, args.workers)
-                runs.append((name, command, "/health/ready", env, True))
         port = servers.free_port()
         runs.append(("mlflow", servers.mlflow_command(uri, port), "/ping", {}, False))
         for name, command, ready, env, is_ours in runs:
@@ -218,10 +219,6 @@ def main(argv: list[str] | None = None) -> int:
             with servers.running(
                 name, command, port, ready_path=ready, log_dir=tmp, env=env
             ) as server:
-                if name in monitoring_runs:
-                    results[name] = one_row(server, wrk, args, tmp, bodies["one"])
-                    log(f"{name}: {results[name]}")
-                    continue
                 results[name] = measure(
                     server,
                     is_ours=is_ours,
@@ -241,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                 server, wrk, args, tmp, bodies["one"]
             )
         log(f"bare: {results['bare']}")
+        if not args.no_monitoring_runs:
+            results["overheads"] = overheads(uri, bodies["one"], wrk, args, tmp)
+            log(f"overheads: {results['overheads']}")
         results["startup"] = startup(uri, args, tmp)
         log(f"startup: {results['startup']}")
         results["scaling"] = scaling(uri, wrk, args, tmp, bodies["one"])
@@ -372,38 +372,105 @@ def swap_memory(uri: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     return out
 
 
+PAIRED_ROUNDS = 3
+
+
+def paired_one_row(
+    servers_by_name: dict[str, servers.Server],
+    one: Path,
+    wrk: str,
+    args: argparse.Namespace,
+    tmp: Path,
+    *,
+    connections: tuple[int, ...] = (1,),
+) -> dict[str, Any]:
+    """One-row wrk runs on servers that all run at once, taken in turn for ``PAIRED_ROUNDS``
+    rounds (each run ``args.duration / PAIRED_ROUNDS`` s): a slow minute of the machine then
+    touches every server alike. Per server and connection count: the median p50 and p99 of
+    the rounds and the requests/s over all of them."""
+    seconds = max(1.0, args.duration / PAIRED_ROUNDS)
+    runs: dict[tuple[str, int], list[Any]] = {}
+    for _ in range(PAIRED_ROUNDS):
+        for c in connections:
+            for name, server in servers_by_name.items():
+                result = load.run_wrk(
+                    wrk, server.base + "/invocations", one, content_type=JSON, connections=c,
+                    seconds=seconds, threads=1, work_dir=tmp,
+                )  # fmt: skip
+                runs.setdefault((name, c), []).append(result)
+    out: dict[str, Any] = {}
+    for (name, c), results in runs.items():
+        key = "c1" if c == 1 else "cn"
+        out.setdefault(name, {})[key] = {
+            "connections": c,
+            "rounds": len(results),
+            "requests": sum(r.requests for r in results),
+            "errors": sum(r.errors for r in results),
+            "p50_ms": float(np.median([r.p50_ms for r in results])),
+            "p99_ms": float(np.median([r.p99_ms for r in results])),
+            "rps": sum(r.requests for r in results) / sum(r.seconds for r in results),
+        }
+    return out
+
+
 def shadow_latency(
     uri: str, one: Path, wrk: str, args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
-    """One-row latency (wrk, one connection) of this service alone, then with the same model as
-    a shadow challenger (every request scored again off the hot path), run after run."""
+    """One-row latency (wrk, one connection) of this service alone and with the same model as
+    a shadow challenger (every request scored again off the hot path), both running at once
+    and measured in turn (``paired_one_row``)."""
     env = {"COMPILED_CACHE_DIR": str(args.cache / "lleaves"), "COMPILE_IN_BACKGROUND": "false"}
     out: dict[str, Any] = {}
-    for name, extra in (("alone", {}), ("shadow", {"CHALLENGER_URI": uri})):
-        port = servers.free_port()
-        command = servers.ours_command(uri, port, args.workers)
-        log(f"starting ours ({name}): {' '.join(command[1:])}")
-        with servers.running(
-            f"ours_{name}", command, port, ready_path="/health/ready", log_dir=tmp,
-            env={**env, **extra},
-        ) as server:  # fmt: skip
-            if extra:
-                deadline = time.monotonic() + 600
-                while not load.httpx_get_json(server.base + "/model")["challenger"]["loaded"]:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("error: the shadow challenger did not load")
-                    time.sleep(0.5)
-            c1 = load.run_wrk(
-                wrk, server.base + "/invocations", one, content_type=JSON, connections=1,
-                seconds=args.duration, threads=1, work_dir=tmp,
+    with contextlib.ExitStack() as stack:
+        running: dict[str, servers.Server] = {}
+        for name, extra in (("alone", {}), ("shadow", {"CHALLENGER_URI": uri})):
+            port = servers.free_port()
+            command = servers.ours_command(uri, port, args.workers)
+            log(f"starting ours ({name}): {' '.join(command[1:])}")
+            running[name] = stack.enter_context(
+                servers.running(
+                    f"ours_{name}", command, port, ready_path="/health/ready", log_dir=tmp,
+                    env={**env, **extra},
+                )
             )  # fmt: skip
-            out[name] = vars(c1) | {"rps": c1.rps}
-            if extra:
-                text = load.httpx_get_text(server.base + "/metrics")
-                out["shadow_rows"] = _sample_sum(text, "shadow_rows_total")
-                out["shadow_dropped_rows"] = _sample_sum(text, "shadow_dropped_rows_total")
+        deadline = time.monotonic() + 600
+        while not load.httpx_get_json(running["shadow"].base + "/model")["challenger"]["loaded"]:
+            if time.monotonic() > deadline:
+                raise SystemExit("error: the shadow challenger did not load")
+            time.sleep(0.5)
+        measured = paired_one_row(running, one, wrk, args, tmp)
+        out = {name: measured[name]["c1"] for name in running}
+        text = load.httpx_get_text(running["shadow"].base + "/metrics")
+        out["shadow_rows"] = _sample_sum(text, "shadow_rows_total")
+        out["shadow_dropped_rows"] = _sample_sum(text, "shadow_dropped_rows_total")
     out["p50_ratio"] = out["shadow"]["p50_ms"] / out["alone"]["p50_ms"]
     return out
+
+
+def overheads(uri: str, one: Path, wrk: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """What drift, the inference log and the access log cost a one-row request: the service as
+    deployed (drift on, access log on) beside the same without each, all running at once and
+    measured in turn at 1 and ``--connections`` connections (``paired_one_row``)."""
+    base = {"COMPILED_CACHE_DIR": str(args.cache / "lleaves"), "COMPILE_IN_BACKGROUND": "false"}
+    variants = {
+        "ours": {},
+        "ours_no_drift": {"DRIFT_WINDOW": "0"},
+        "ours_log": {"INFERENCE_LOG_DIR": str(tmp / "inference-log")},
+        "ours_quiet": {"LOG_LEVEL": "WARNING"},
+    }
+    with contextlib.ExitStack() as stack:
+        running: dict[str, servers.Server] = {}
+        for name, extra in variants.items():
+            port = servers.free_port()
+            command = servers.ours_command(uri, port, args.workers)
+            log(f"starting {name}: {' '.join(command[1:])}")
+            running[name] = stack.enter_context(
+                servers.running(
+                    name, command, port, ready_path="/health/ready", log_dir=tmp,
+                    env={**base, **extra},
+                )
+            )  # fmt: skip
+        return paired_one_row(running, one, wrk, args, tmp, connections=(1, args.connections))
 
 
 def _sample_sum(text: str, name: str) -> float:

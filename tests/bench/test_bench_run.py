@@ -45,7 +45,10 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     swaps = results["swaps"]
     assert swaps["swaps"] == 2 and swaps["backend_after_swaps"] == "lleaves"
     assert swaps["rss_cold_mb"] > 0 and swaps["rss_after_swaps_mb"] > 0
-    assert results["bare"]["c1"]["requests"] > 0 and results["ours_quiet"]["cn"]["requests"] > 0
+    assert results["bare"]["c1"]["requests"] > 0
+    overheads = results["overheads"]
+    for name in ("ours", "ours_no_drift", "ours_log", "ours_quiet"):
+        assert overheads[name]["c1"]["requests"] > 0 and overheads[name]["cn"]["errors"] == 0
     assert results["startup"]["ready_s"] > 0 and results["startup"]["compiled_after_ready_s"] > 0
     scaling = results["scaling"]
     assert all(scaling[f"w{w}"]["requests"] > 0 for w in {1, scaling["cores"]})
@@ -62,6 +65,6 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert "Arrow IPC stream" in table and "Parquet" in table
     assert "Resident memory across model swaps" in table
     assert "A shadow challenger" in table
-    assert "Against the HTTP floor" in table and "access log" in table
+    assert "Against the HTTP floor" in table and "What monitoring and the access log cost" in table
     assert "| 1 row, 1 connection: p50 latency (ms) |" in table.split("**POST /explain**")[1]
     assert table in proc.stdout  # the same table is printed
