@@ -85,6 +85,7 @@ class Shadow:
         metrics: Metrics,
         threshold: float,
         size: int,
+        *,
         max_rows: int = 100_000,
         linger: float = 0.01,
     ) -> None:
