@@ -17,11 +17,51 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class WorkerMemory:
+    """The highest resident memory of any worker of ``client``'s cluster while the block runs
+    (sampled with psutil from this process), beside the smallest ``memory_limit`` Dask gave a
+    worker."""
+
+    EVERY = 0.1
+
+    def __init__(self, client: Any) -> None:
+        import psutil
+
+        pids = client.run(os.getpid).values()
+        self.processes = [psutil.Process(pid) for pid in pids]
+        limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
+        self.limit_mb = min(limits) / 2**20
+        self.peak_mb = 0.0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self.EVERY):
+            for p in self.processes:
+                try:
+                    self.peak_mb = max(self.peak_mb, p.memory_info().rss / 2**20)
+                except psutil.Error:  # a worker gone is a worker not using memory
+                    continue
+            self.samples += 1
+
+    def __enter__(self) -> WorkerMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def main() -> int:
@@ -87,7 +127,7 @@ def main() -> int:
         summary = score_files(client, uri, [str(tmp / "in-*.parquet")], out, rows_per_piece=50_000)
         return summary, time.perf_counter() - started
 
-    with dask_client("local", args.workers) as client:
+    with dask_client("local", args.workers) as client, WorkerMemory(client) as memory:
         summary, batch = timed(client, tmp / "out")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -122,6 +162,12 @@ def main() -> int:
         f"{args.rows:,} rows in {single:.1f}s = {args.rows / single:,.0f} rows/s"
     )
     print(f"max |batch - Booster.predict| = {worst:.2e}; model: {args.trees} trees, 13 leaves")
+    print(
+        f"dask worker memory (LocalCluster, issue 19): peak RSS {memory.peak_mb:,.0f} MB of the "
+        f"worker's memory_limit {memory.limit_mb:,.0f} MB "
+        f"({'within' if memory.peak_mb <= memory.limit_mb else 'OVER'} its limit); "
+        f"{memory.samples} samples every {WorkerMemory.EVERY}s while the 1M rows were scored"
+    )
     shutil.rmtree(tmp, ignore_errors=True)  # about 2 GB of Parquet for a million rows
     return 0
 
