@@ -93,7 +93,11 @@ class RequestInput(BaseModel):
 
     name: str = Field(examples=["input-0"])
     shape: list[Annotated[int, Field(ge=0)]] = Field(examples=[[1, 200]])
-    datatype: str = Field(examples=["FP64"])
+    # Published as the datatypes this service reads; any other string still reaches the handler,
+    # which names what is wrong with it (BOOL and BYTES: not a number type).
+    datatype: Annotated[
+        str, WithJsonSchema({"type": "string", "enum": list(DATATYPES), "examples": ["FP64"]})
+    ]
     parameters: Parameters = None
     data: TensorData | None = None
 
