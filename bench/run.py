@@ -143,32 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "swaps.md").write_text(table)
         return 0
-    if args.only == "overheads":
-        with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
-            tmp = Path(tmp_name)
-            uri = fixture.log_to_store(booster, tmp)
-            one_body = tmp / "one.body"
-            one_body.write_bytes(fixture.split_json(fixture.bench_rows(1)))
-            results["overheads"] = overheads(uri, one_body, wrk, args, tmp)
-        log(f"overheads: {results['overheads']}")
-        table = "\n".join(report.render_overheads(results, args.connections))
-        print(table)
-        (args.out / "overheads.md").write_text(table)
-        (args.out / "overheads.json").write_text(json.dumps(results, indent=2) + "\n")
-        return 0
-    if args.only == "shadow":
-        with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
-            tmp = Path(tmp_name)
-            uri = fixture.log_to_store(booster, tmp)
-            one_body = tmp / "one.body"
-            one_body.write_bytes(fixture.split_json(fixture.bench_rows(1)))
-            results["shadow"] = shadow_latency(uri, one_body, wrk, args, tmp)
-        log(f"shadow: {results['shadow']}")
-        table = report.render_shadow(results)
-        print(table)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "shadow.md").write_text(table)
-        return 0
+    if args.only in ("overheads", "shadow"):
+        return _one_row_part(args.only, booster, wrk, args, results)
     if args.only == "memory":
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
             tmp = Path(tmp_name)
@@ -288,6 +264,29 @@ def fail_on_wrong_answers(results: dict[str, Any]) -> int:
     for line in wrong:
         print(f"error: wrong answers under the memory loads: {line}", file=sys.stderr)
     return 1 if wrong else 0
+
+
+def _one_row_part(
+    part: str, booster: Any, wrk: str, args: argparse.Namespace, results: dict[str, Any]
+) -> int:
+    """``--only overheads`` or ``--only shadow``: that part alone on the one-row body; writes
+    ``<part>.md`` and ``<part>.json``."""
+    measure = {"overheads": overheads, "shadow": shadow_latency}[part]
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        uri = fixture.log_to_store(booster, tmp)
+        one_body = tmp / "one.body"
+        one_body.write_bytes(fixture.split_json(fixture.bench_rows(1)))
+        results[part] = measure(uri, one_body, wrk, args, tmp)
+    log(f"{part}: {results[part]}")
+    if part == "overheads":
+        table = "\n".join(report.render_overheads(results, args.connections))
+    else:
+        table = report.render_shadow(results)
+    print(table)
+    (args.out / f"{part}.md").write_text(table)
+    (args.out / f"{part}.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
 
 
 def startup(uri: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""The service's own ASGI app driven in process: microseconds per request with HTTP and the load
+generator out of the figure (how ``bench/results/hot-path.md`` was measured).
+
+    python -m bench.inproc --model-uri runs:/<id>/model [--path /invocations] [--requests 5000]
+
+The model comes from ``MLFLOW_TRACKING_URI`` like the service's; the body is the one-row split
+body ``make bench`` sends. Prints wall and CPU microseconds per request after 200 warm-up ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import MutableMapping
+from typing import Any
+
+from bench import fixture
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-uri", required=True)
+    p.add_argument("--path", default="/invocations")
+    p.add_argument("--requests", type=int, default=5000)
+    args = p.parse_args(argv)
+    os.environ["MODEL_URI"] = args.model_uri
+    os.environ.setdefault("COMPILE_IN_BACKGROUND", "false")
+
+    from app.config import get_settings
+    from app.main import create_app
+    from app.observability import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    app = create_app(settings)
+    body = fixture.split_json(fixture.bench_rows(1)) if args.path == "/invocations" else b""
+    method = "POST" if body else "GET"
+    headers = [
+        (b"host", b"bench"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+
+    async def one() -> list[MutableMapping[str, Any]]:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": args.path,
+            "raw_path": args.path.encode(), "query_string": b"", "root_path": "",
+            "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+            "state": {},
+        }  # fmt: skip
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        out: list[MutableMapping[str, Any]] = []
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            out.append(message)
+
+        await app(scope, receive, send)
+        return out
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            for _ in range(200):
+                answer = await one()
+            if answer[0]["status"] != 200:
+                raise SystemExit(f"error: {args.path} answered {answer[0]['status']}")
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(args.requests):
+                await one()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            print(
+                f"{method} {args.path}: {wall / args.requests * 1e6:.1f} us per request "
+                f"(CPU {cpu / args.requests * 1e6:.1f} us), {args.requests} requests"
+            )
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
