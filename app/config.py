@@ -282,6 +282,11 @@ class Settings(BaseSettings):
         """How many threads to score ``rows`` rows with."""
         if rows < self.single_thread_rows:
             return 1
+        return self.all_threads
+
+    @property
+    def all_threads(self) -> int:
+        """``PREDICT_THREADS``, else one per core."""
         return self.predict_threads or os.cpu_count() or 1
 
 

@@ -1,17 +1,21 @@
-"""``POST /invocations`` straight to the data plane, past FastAPI's per-request layers.
+"""``POST /invocations`` and ``POST /explain`` straight to the data plane, past FastAPI's
+per-request layers.
 
 A one-row request is dominated by what surrounds the scoring: FastAPI's routing over every
 route, its dependency solving, its middleware stack and response objects cost more than parsing
 and scoring the row. ``HotPath`` sits just inside ``RequestContext`` (request id, access line,
 metrics) and answers ``POST /invocations`` itself with ``invocation`` below, which the FastAPI
 route in ``app/routes/invocations.py`` also runs: one behaviour, whichever door a request takes.
-The route stays for ``/openapi.json`` and ``/docs``; every other request goes to FastAPI.
+``POST /explain`` likewise with ``explanation``, when its query is empty or a plain ``top=K``
+(anything else, FastAPI validates and answers). The routes stay for ``/openapi.json`` and
+``/docs``; every other request goes to FastAPI.
 
 Error answers come from ``error_response``, which the app's ``ServiceError`` handler uses too.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import Request
@@ -19,14 +23,18 @@ from fastapi.responses import JSONResponse
 
 from app.auth import ApiKeys
 from app.challenger import routed_to_challenger
-from app.dataplane import Scored, answered_by, handle
+from app.dataplane import CONTRIBUTION_COST, Scored, answered_by, explain_body, handle
 from scoring.contract.decode import check_media_type
 from scoring.errors import ServiceError, Unauthorized
+from scoring.explain import contributions_of
 from scoring.loading import LoadedModel
 
 ASGIApp = Any
 _ERROR_HEADERS = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "5"}}
 INVOCATIONS = "/invocations"
+EXPLAIN = "/explain"
+MAX_TOP = 10_000
+"""The largest ``top`` of ``/explain`` (the route's query validation says the same)."""
 
 
 def error_response(method: str, exc: ServiceError) -> JSONResponse:
@@ -101,31 +109,80 @@ async def invocation(request: Request) -> tuple[Scored, LoadedModel, str]:
     return scored, model, role
 
 
-class HotPath:
-    """Pure ASGI: ``POST /invocations`` answered by ``invocation``, the rest passed on."""
+async def explanation(request: Request, top: int | None) -> Scored:
+    """Explain one ``/explain`` request (``top`` reasons per row if asked). Raises
+    ``ServiceError`` for every refusal; a model that cannot explain is refused (422) before the
+    body is read."""
+    state = request.app.state
+    settings = state.settings
+    check_media_type(request.headers.get("content-type"))
+    model = state.holder.require()
+    contributions_of(model.predictor)
+    request.state.model_version = model.version
+    request.state.model = model.label
+    scored = await handle(
+        request,
+        model,
+        settings=settings,
+        metrics=state.metrics,
+        in_flight=state.in_flight,
+        admission=state.admission,
+        work=functools.partial(explain_body, top=top),
+        # One row on the loop (a few ms); more in a thread, not to hold up other requests.
+        inline_bytes=settings.inline_body_bytes // CONTRIBUTION_COST,
+    )
+    request.state.rows = scored.rows
+    return scored
 
-    def __init__(self, app: ASGIApp, route: Any) -> None:
-        """``route``: the FastAPI route of ``/invocations``, put in ``scope["route"]`` as
-        FastAPI would (the per-route metrics read it)."""
+
+def plain_top(query: bytes) -> int:
+    """``top`` from a query that is empty (0: no reasons) or exactly ``top=K`` with
+    ``1 <= K <= MAX_TOP``; -1 for anything else (FastAPI's validation then answers)."""
+    if not query:
+        return 0
+    name, _, value = query.partition(b"=")
+    if name != b"top" or not value.isdigit() or len(value) > 5:
+        return -1
+    top = int(value)
+    return top if 1 <= top <= MAX_TOP else -1
+
+
+class HotPath:
+    """Pure ASGI: ``POST /invocations`` answered by ``invocation`` and ``POST /explain`` (plain
+    query) by ``explanation``; the rest passed on."""
+
+    def __init__(self, app: ASGIApp, routes: dict[str, Any]) -> None:
+        """``routes``: the FastAPI routes by path, put in ``scope["route"]`` as FastAPI would
+        (the per-route metrics read it)."""
         self.app = app
-        self.route = route
+        self.routes = routes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != INVOCATIONS:
+        path = scope.get("path")
+        if scope["type"] != "http" or scope["method"] != "POST" or path not in self.routes:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.route
+        top = plain_top(scope.get("query_string", b"")) if path == EXPLAIN else 0
+        if top < 0:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.routes[path]
         request = Request(scope, receive)
         try:
             check_api_key(request, bearer_token(request.headers.get("authorization")))
-            scored, model, role = await invocation(request)
+            if path == INVOCATIONS:
+                scored, model, role = await invocation(request)
+                extra = answered_by(model, role).items()
+            else:
+                scored = await explanation(request, top or None)
+                extra = {}.items()  # one model explains: no split, no shadow
         except ServiceError as exc:
             await error_response("POST", exc)(scope, receive, send)
             return
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(scored.content)).encode()),
-            *((k.lower().encode(), v.encode()) for k, v in answered_by(model, role).items()),
+            *((k.lower().encode(), v.encode()) for k, v in extra),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": scored.content})

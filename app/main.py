@@ -173,9 +173,12 @@ def create_app(
         content, media = metrics.render()
         return Response(content, media_type=media)
 
-    # Innermost first: the hot path answers POST /invocations inside CORS and the request
-    # context (request id, access line, metrics), past FastAPI's routing and dependencies.
-    app.add_middleware(HotPath, route=invocations.router.routes[0])
+    # Innermost first: the hot path answers POST /invocations and /explain inside CORS and the
+    # request context (request id, access line, metrics), past FastAPI's routing and dependencies.
+    app.add_middleware(
+        HotPath,
+        routes={route.path: route for r in (invocations, explain) for route in r.router.routes},
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

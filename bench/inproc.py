@@ -1,10 +1,12 @@
 """The service's own ASGI app driven in process: microseconds per request with HTTP and the load
 generator out of the figure (how ``bench/results/hot-path.md`` was measured).
 
-    python -m bench.inproc --model-uri runs:/<id>/model [--path /invocations] [--requests 5000]
+    python -m bench.inproc --model-uri runs:/<id>/model [--path /invocations] [--rows 1]
+        [--requests 5000]
 
-The model comes from ``MLFLOW_TRACKING_URI`` like the service's; the body is the one-row split
-body ``make bench`` sends. Prints wall and CPU microseconds per request after 200 warm-up ones.
+The model comes from ``MLFLOW_TRACKING_URI`` like the service's; the body is the split body of
+``--rows`` rows ``make bench`` sends (one by default; ``--path`` may carry a query,
+``/explain?top=3``). Prints wall and CPU microseconds per request after warm-up ones.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-uri", required=True)
     p.add_argument("--path", default="/invocations")
+    p.add_argument("--rows", type=int, default=1)
     p.add_argument("--requests", type=int, default=5000)
     args = p.parse_args(argv)
     os.environ["MODEL_URI"] = args.model_uri
@@ -36,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings)
-    body = fixture.split_json(fixture.bench_rows(1)) if args.path == "/invocations" else b""
+    path, _, query = args.path.partition("?")
+    scoring = path in ("/invocations", "/explain")
+    body = fixture.split_json(fixture.bench_rows(args.rows)) if scoring else b""
+    warm_up = max(3, min(200, 200_000 // (args.rows * 200)))
     method = "POST" if body else "GET"
     headers = [
         (b"host", b"bench"),
@@ -47,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     async def one() -> list[MutableMapping[str, Any]]:
         scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": method, "scheme": "http", "path": args.path,
-            "raw_path": args.path.encode(), "query_string": b"", "root_path": "",
+            "method": method, "scheme": "http", "path": path,
+            "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
             "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
             "state": {},
         }  # fmt: skip
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         async with app.router.lifespan_context(app):
-            for _ in range(200):
+            for _ in range(warm_up):
                 answer = await one()
             if answer[0]["status"] != 200:
                 raise SystemExit(f"error: {args.path} answered {answer[0]['status']}")

@@ -20,12 +20,13 @@ ROW_BLOCK = 64  # rows walked together per tree, so a tree's table stays in cach
 
 
 @njit(cache=True, nogil=True)
-def fill_tables(
+def fill_tables(  # noqa: PLR0917 (numba takes no keyword-only arguments)
     leaf_slot_start: np.ndarray,
     slot_zero: np.ndarray,
     leaf_value: np.ndarray,
     leaf_table_start: np.ndarray,
     table: np.ndarray,
+    unsatisfied: np.ndarray,
 ) -> None:
     """For every leaf and every pattern ``p`` of its path's distinct features (bit ``j`` set
     where a row follows all the path's splits on feature ``j``), the table entry::
@@ -42,7 +43,8 @@ def fill_tables(
 
     so a leaf needs ``2^d`` entries (Fast TreeSHAP v2's table, ``d`` times smaller than one entry
     per feature). The sum over ``S`` goes by size, through the elementary symmetric polynomials
-    of the ``z`` in ``p``.
+    of the ``z`` in ``p``. ``unsatisfied`` gets ``Z(p)`` at the same places, so that a row does
+    not multiply it out leaf by leaf.
     """
     for leaf in range(len(leaf_value)):
         first = leaf_slot_start[leaf]
@@ -73,6 +75,11 @@ def fill_tables(
             for s in range(min(size + 1, d)):  # |S| = d only when i is in S: never counted
                 total += weight[s] * poly[s]
             table[base + p] = leaf_value[leaf] * total
+            product = 1.0
+            for j in range(d):
+                if not (p >> j) & 1:
+                    product *= z[j]
+            unsatisfied[base + p] = product
 
 
 @njit(cache=True, nogil=True)
@@ -93,6 +100,8 @@ def explain_rows(  # noqa: PLR0917 (numba takes no keyword-only arguments)
     out: np.ndarray,
     start: int,
     stop: int,
+    first_tree: int,
+    stop_tree: int,
     tree_split_start: np.ndarray,
     split_feature: np.ndarray,
     split_threshold: np.ndarray,
@@ -107,24 +116,25 @@ def explain_rows(  # noqa: PLR0917 (numba takes no keyword-only arguments)
     leaf_node: np.ndarray,
     leaf_slot_start: np.ndarray,
     slot_feature: np.ndarray,
-    slot_zero: np.ndarray,
+    slot_follow: np.ndarray,
     leaf_table_start: np.ndarray,
     table: np.ndarray,
+    unsatisfied: np.ndarray,
 ) -> None:
-    """Add every tree's contributions of rows ``start:stop`` of ``x`` to ``out`` (zeroed by the
-    caller; the base value column is left alone). Per tree and row: the decision at each split;
-    down the tree, each node's pattern (its parent's, less the parent's feature where the row
-    went the other way); then per leaf its share of each path feature from the table. Rows go
-    in blocks so that a tree's table stays in cache across the block."""
-    n_trees = len(tree_split_start) - 1
+    """Add the contributions of trees ``first_tree:stop_tree`` to rows ``start:stop`` of ``x``
+    into ``out`` (zeroed by the caller; the base value column is left alone). Per tree and row:
+    the decision at each split; down the tree, each node's pattern (its parent's, less the
+    parent's feature where the row went the other way); then per leaf its share of each path
+    feature from the tables (see ``fill_tables``; ``slot_follow`` is ``1 - z``). Rows go in
+    blocks so that a tree's tables stay in cache across the block."""
     widest = 1
-    for t in range(n_trees):
+    for t in range(first_tree, stop_tree):
         widest = max(widest, tree_node_start[t + 1] - tree_node_start[t])
     left = np.empty(widest, dtype=np.bool_)
     pattern_of = np.empty(widest, dtype=np.int64)
     for block in range(start, stop, ROW_BLOCK):
         block_stop = min(block + ROW_BLOCK, stop)
-        for t in range(n_trees):
+        for t in range(first_tree, stop_tree):
             first_split = tree_split_start[t]
             n_splits = tree_split_start[t + 1] - first_split
             first_node = tree_node_start[t]
@@ -151,9 +161,10 @@ def explain_rows(  # noqa: PLR0917 (numba takes no keyword-only arguments)
                         pattern_of[leaf_node[leaf]],
                         leaf_slot_start,
                         slot_feature,
-                        slot_zero,
+                        slot_follow,
                         leaf_table_start,
                         table,
+                        unsatisfied,
                     )
 
 
@@ -165,21 +176,21 @@ def _add_leaf(  # noqa: PLR0917
     pattern: int,
     leaf_slot_start: np.ndarray,
     slot_feature: np.ndarray,
-    slot_zero: np.ndarray,
+    slot_follow: np.ndarray,
     leaf_table_start: np.ndarray,
     table: np.ndarray,
+    unsatisfied: np.ndarray,
 ) -> None:
     """Add one leaf's shares to row ``r`` (see ``fill_tables``), without data-dependent
-    branches: both cases are computed and one is picked."""
+    branches: both cases are computed and one is kept by multiplying by 1 or 0 (exact)."""
     first_slot = leaf_slot_start[leaf]
     d = leaf_slot_start[leaf + 1] - first_slot
     pattern &= (1 << d) - 1
-    unsatisfied = 1.0  # Z(pattern)
-    for i in range(d):
-        unsatisfied *= 1.0 if (pattern >> i) & 1 else slot_zero[first_slot + i]
     entries = leaf_table_start[leaf]
-    missed = -unsatisfied * table[entries + pattern]
+    z = unsatisfied[entries + pattern]  # Z(pattern)
+    missed = -z * table[entries + pattern]
     for i in range(d):
         slot = first_slot + i
-        followed = (1.0 - slot_zero[slot]) * unsatisfied * table[entries + (pattern ^ (1 << i))]
-        out[r, slot_feature[slot]] += followed if (pattern >> i) & 1 else missed
+        bit = (pattern >> i) & 1
+        followed = slot_follow[slot] * z * table[entries + (pattern ^ (1 << i))]
+        out[r, slot_feature[slot]] += followed * bit + missed * (1 - bit)

@@ -191,3 +191,28 @@ def test_answer_is_plain_json(client: TestClient) -> None:
     values = {reason["feature"]: reason["value"] for reason in answer["reasons"][0]}
     assert values and all(v == 0.5 for k, v in values.items() if k != "var_0")
     assert values.get("var_0") is None
+
+
+def test_both_doors_give_the_same_answers(client: TestClient) -> None:
+    """A plain ``top=K`` query is answered below FastAPI (``app.hotpath``); any other query goes
+    through FastAPI's route and its validation: the same answers either way."""
+
+    def counted(status: int) -> float:
+        series = f'http_requests_total{{method="POST",route="/explain",status="{status}"}} '
+        lines = client.get("/metrics").text.splitlines()
+        return sum(float(line.removeprefix(series)) for line in lines if line.startswith(series))
+
+    before = counted(200), counted(422)
+    body = split([ROW, ROW])
+    hot = client.post("/explain?top=3", content=body, headers=JSON)
+    routed = client.post("/explain?top=3&unused=1", content=body, headers=JSON)
+    assert hot.status_code == routed.status_code == 200
+    assert hot.json() == routed.json()
+    assert len(hot.json()["reasons"][0]) == 3
+    plain = client.post("/explain", content=body, headers=JSON).json()
+    assert "reasons" not in plain and plain["contributions"] == hot.json()["contributions"]
+    for query in ("top=0", "top=abc", "top=10001", "top=", "top=-1"):
+        r = client.post(f"/explain?{query}", content=body, headers=JSON)
+        assert r.status_code == 422, (query, r.text)
+        assert "top" in r.json()["message"], r.json()
+    assert (counted(200), counted(422)) == (before[0] + 3, before[1] + 5)
