@@ -136,3 +136,37 @@ def test_the_schema_follows_the_model_features() -> None:
     with pytest.raises(ServiceError) as refused:
         decode.parse_body(b'{"inputs": [[1, 2]]}', "application/json", mine, 10)
     assert refused.value.error_code == "ROW_LENGTH_MISMATCH"
+
+
+def test_big_bodies_share_one_parked_parser_then_give_it_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bodies over ``REUSED_PARSER_BYTES`` reuse the last big body's parser (no fresh pages for
+    each), read the same numbers whatever the parser parsed before, and the parser is freed once
+    no big body came for ``PARKED_SECONDS``; bodies over ``PARKED_PARSER_BYTES`` never keep one."""
+    import time
+
+    monkeypatch.setattr(decode, "REUSED_PARSER_BYTES", 64 * 1024)
+    monkeypatch.setattr(decode, "PARKED_PARSER_BYTES", 1024 * 1024)
+    monkeypatch.setattr(decode, "PARKED_SECONDS", 0.5)
+    monkeypatch.setattr(decode, "_parked", decode._ParkedParser())
+    frames = [make_frame(rows, seed=rows)[0] for rows in (200, 60, 300, 45)]
+    bodies = [frame.to_json(orient="split").encode() for frame in frames]
+    assert all(64 * 1024 < len(b) <= 1024 * 1024 for b in bodies), [len(b) for b in bodies]
+    used = []
+    for frame, body in zip(frames, bodies, strict=True):  # bigger, smaller, bigger, smaller
+        x = decode._fast_split(body, FEATURES, MAX_ROWS)
+        assert x is not None
+        np.testing.assert_array_equal(x, frame.to_numpy(dtype=np.float64))
+        assert decode._parked.parked
+        used.append(decode._parked._parser)  # held: a freed parser's id could come back
+    assert all(parser is used[0] for parser in used), "each big body made its own parser"
+    time.sleep(1.0)
+    assert not decode._parked.parked, "the parser outlived PARKED_SECONDS"
+
+    huge, _ = make_frame(800, seed=3)
+    body = huge.to_json(orient="split").encode()
+    assert len(body) > 1024 * 1024
+    x = decode._fast_split(body, FEATURES, MAX_ROWS)
+    np.testing.assert_array_equal(x, huge.to_numpy(dtype=np.float64))  # type: ignore[arg-type]
+    assert not decode._parked.parked
