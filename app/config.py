@@ -147,7 +147,8 @@ class Settings(BaseSettings):
     one-row requests are never starved by big ones."""
 
     memory_trim: bool = True
-    """Give freed memory back to the system (glibc ``malloc_trim``) after big requests."""
+    """Give freed memory back to the system (glibc ``malloc_trim``) once no big request came
+    for ``app.limits.TRIM_DELAY_SECONDS`` (the end of a burst)."""
 
     malloc_arena_max: int = Field(default=2, ge=0)
     """glibc malloc arenas per worker (``mallopt(M_ARENA_MAX)``); 0: glibc's default."""

@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         async with app.router.lifespan_context(app):
+            challenger = app.state.challenger  # CHALLENGER_URI: measured once it scores too
+            waited = 0.0
+            while challenger is not None and challenger.current is None and waited < 600:
+                await asyncio.sleep(0.5)
+                waited += 0.5
             for _ in range(warm_up):
                 answer = await one()
             if answer[0]["status"] != 200:

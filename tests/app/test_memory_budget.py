@@ -1,0 +1,54 @@
+"""The memory budget gives freed memory back at the end of a burst of big requests, not after
+each one (the next big body would fault it all in again)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app import limits
+from app.observability import Metrics
+
+
+def _budget() -> limits.MemoryBudget:
+    return limits.MemoryBudget(
+        8 * 1024 * limits.MIB,
+        Metrics(),
+        wait_seconds=1,
+        queue=4,
+        small_share=0.1,
+        small_body=64 * 1024,
+        trim=True,
+    )
+
+
+def test_memory_goes_back_once_a_burst_of_big_requests_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trims: list[float] = []
+    monkeypatch.setattr(limits, "TRIM_DELAY_SECONDS", 0.3)
+    monkeypatch.setattr(limits, "trim_memory", lambda: trims.append(0.0) or True)
+
+    async def burst() -> None:
+        budget = _budget()
+        budget.start()
+        trims.clear()  # start() trims once
+        big = limits.need_bytes("json", 15 * limits.MIB)
+        for _ in range(5):  # one after another, as a batch client sends them
+            r = await budget.reserve(big)
+            await asyncio.sleep(0.05)
+            r.release()
+        assert trims == [], "memory was given back between the requests of a burst"
+        held = await budget.reserve(big)  # in flight when the delay ends: no trim under it
+        await asyncio.sleep(0.5)
+        assert trims == []
+        held.release()
+        await asyncio.sleep(0.6)
+        assert len(trims) == 1, "the end of the burst did not give memory back"
+        small = await budget.reserve(1024)  # small requests never trim
+        small.release()
+        await asyncio.sleep(0.5)
+        assert len(trims) == 1
+
+    asyncio.run(burst())
