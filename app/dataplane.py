@@ -226,7 +226,7 @@ def explain_body(
     with its exact contributions (``scoring.explain``), and ``top`` reasons per row if asked."""
     predictor = model.predictor
     x = parse_body(body, content_type, predictor.features, settings.max_rows)
-    explanation = explain(predictor, x, settings.all_threads)
+    explanation = explain(predictor, x, settings.all_threads, settings.threads_for(len(x)))
     answer: dict[str, object] = {
         "predictions": explanation.predictions,
         "base_value": explanation.base_value,

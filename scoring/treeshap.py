@@ -140,17 +140,13 @@ class TreeShapEngine:
         if workers == 1 or n == 0:
             self._explain(x, out, (0, n), (0, self._trees))
         elif n >= MIN_ROWS_PER_THREAD * workers:
-            rows = np.linspace(0, n, workers + 1).astype(int)
-            self._in_parallel(
-                [(x, out, (int(a), int(b)), (0, self._trees)) for a, b in itertools.pairwise(rows)]
-            )
+            self._in_parallel([(x, out, rows, (0, self._trees)) for rows in _shares(n, workers)])
         else:
-            trees = np.linspace(0, self._trees, workers + 1).astype(int)
             parts = [out, *(np.zeros_like(out) for _ in range(workers - 1))]
             self._in_parallel(
                 [
-                    (x, part, (0, n), (int(a), int(b)))
-                    for part, (a, b) in zip(parts, itertools.pairwise(trees), strict=True)
+                    (x, part, (0, n), trees)
+                    for part, trees in zip(parts, _shares(self._trees, workers), strict=True)
                 ]
             )
             for part in parts[1:]:
@@ -182,6 +178,12 @@ class TreeShapEngine:
         self, x: np.ndarray, out: np.ndarray, rows: tuple[int, int], trees: tuple[int, int]
     ) -> None:
         self._kernels.explain_rows(x, out, *rows, *trees, *self._forest)
+
+
+def _shares(n: int, parts: int) -> list[tuple[int, int]]:
+    """``range(n)`` cut into ``parts`` consecutive ranges of nearly equal length."""
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
 
 
 def build_engine(
