@@ -246,6 +246,13 @@ def render_shadow(r: dict[str, Any]) -> str:
         f"| requests/s | {_fmt(_get(r, 'shadow', 'alone', 'rps'))} | "
         f"{_fmt(_get(r, 'shadow', 'shadow', 'rps'))} | | | |",
     ]
+    per_round = (r.get("shadow") or {}).get("p50_round_ratios")
+    if isinstance(per_round, list) and per_round:
+        lines += [
+            "",
+            "The ratio is the median of the rounds' ratios (each round measures both servers back "
+            f"to back): {', '.join(f'{v:.2f}' for v in per_round)}.",
+        ]
     return "\n".join(lines)
 
 

@@ -371,7 +371,7 @@ def swap_memory(uri: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     return out
 
 
-PAIRED_ROUNDS = 3
+PAIRED_ROUNDS = 6
 
 
 def paired_one_row(
@@ -406,6 +406,7 @@ def paired_one_row(
             "requests": sum(r.requests for r in results),
             "errors": sum(r.errors for r in results),
             "p50_ms": float(np.median([r.p50_ms for r in results])),
+            "p50_rounds": [r.p50_ms for r in results],
             "p99_ms": float(np.median([r.p99_ms for r in results])),
             "rps": sum(r.requests for r in results) / sum(r.seconds for r in results),
         }
@@ -442,7 +443,11 @@ def shadow_latency(
         text = load.httpx_get_text(running["shadow"].base + "/metrics")
         out["shadow_rows"] = _sample_sum(text, "shadow_rows_total")
         out["shadow_dropped_rows"] = _sample_sum(text, "shadow_dropped_rows_total")
-    out["p50_ratio"] = out["shadow"]["p50_ms"] / out["alone"]["p50_ms"]
+    # Paired by round (both servers measured back to back): the median of the rounds' ratios,
+    # so a slow minute of the machine cancels out instead of landing on one side.
+    rounds = zip(out["shadow"]["p50_rounds"], out["alone"]["p50_rounds"], strict=True)
+    out["p50_round_ratios"] = [round(a / b, 3) for a, b in rounds]
+    out["p50_ratio"] = float(np.median(out["p50_round_ratios"]))
     return out
 
 
