@@ -35,6 +35,7 @@ from typing import Any
 
 from app.config import Settings
 from app.observability import Metrics
+from scoring.contract.decode import release_parked_parser
 from scoring.errors import Overloaded, PayloadTooLarge
 
 log = logging.getLogger("app.limits")
@@ -219,6 +220,7 @@ class MemoryBudget:
         if (small or not self._big_waiting()) and self._fits(nbytes, small):
             self._take(r)
             return r
+        release_parked_parser()  # short of room: what no request holds goes first
         if len(self._waiters) >= self.queue or self.wait_seconds <= 0:
             self._shed()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -309,6 +311,9 @@ class MemoryBudget:
         self._trim_timer = None
         if self._trimming or self.reserved_big:
             return  # a big request in flight settles again when it ends
+        # The parser parked for the next big body goes too: the idle worker is measured
+        # without it, so the budget never counts it as the worker's own.
+        release_parked_parser()
         self._trimming = True
         loop = asyncio.get_running_loop()
         # malloc_trim walks the heaps for a few ms: not on the event loop.

@@ -473,6 +473,12 @@ class _ParkedParser:
 _parked = _ParkedParser()
 
 
+def release_parked_parser() -> None:
+    """Free the parser kept for the next big body now (a caller about to measure or give back
+    memory, or short of it), instead of ``PARKED_SECONDS`` after the last one."""
+    _parked.drop()
+
+
 def _parser(size: int) -> Any:
     """A simdjson parser for a body of ``size`` bytes; ``_give_back`` it when done.
 

@@ -1,5 +1,5 @@
 """The memory budget gives freed memory back at the end of a burst of big requests, not after
-each one (the next big body would fault it all in again)."""
+each one (the next big body would fault it all in again), the parked JSON parser included."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from app import limits
 from app.observability import Metrics
+from scoring.contract import decode
 
 
 def _budget() -> limits.MemoryBudget:
@@ -29,6 +30,8 @@ def test_memory_goes_back_once_a_burst_of_big_requests_ends(
     trims: list[float] = []
     monkeypatch.setattr(limits, "TRIM_DELAY_SECONDS", 0.3)
     monkeypatch.setattr(limits, "trim_memory", lambda: trims.append(0.0) or True)
+    parked = decode._ParkedParser()
+    monkeypatch.setattr(decode, "_parked", parked)
 
     async def burst() -> None:
         budget = _budget()
@@ -43,9 +46,11 @@ def test_memory_goes_back_once_a_burst_of_big_requests_ends(
         held = await budget.reserve(big)  # in flight when the delay ends: no trim under it
         await asyncio.sleep(0.5)
         assert trims == []
+        parked.park(object())  # the last big body's parser, kept for the next one
         held.release()
         await asyncio.sleep(0.6)
         assert len(trims) == 1, "the end of the burst did not give memory back"
+        assert not parked.parked, "the idle worker was measured with a parser in it"
         small = await budget.reserve(1024)  # small requests never trim
         small.release()
         await asyncio.sleep(0.5)
