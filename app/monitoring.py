@@ -41,6 +41,9 @@ from app.observability import Metrics, request_id_var
 from scoring.drift import ACT, WATCH, status_of, window_psi
 from scoring.loading import LoadedModel
 
+FLUSH_ROWS = 256
+"""Scored rows noted before they are copied into the drift window at once."""
+
 log = logging.getLogger(__name__)
 
 TOP_FEATURES = 10
@@ -87,28 +90,51 @@ class DriftMonitor:
             kw,
         )
         self._published: tuple[tuple[str, str], tuple[str, ...]] | None = None
+        self._pending: deque[tuple[np.ndarray, np.ndarray, LoadedModel]] = deque()
+        self._pending_rows = 0
 
     def observe(self, x: np.ndarray, predictions: np.ndarray, model: LoadedModel) -> None:
-        """Copy scored rows into the window (the hot-path part: two slice copies at most)."""
+        """Note scored rows for the window: the hot-path part, an append. They are copied in
+        ``FLUSH_ROWS`` at a time (one-row requests paid a lock and two slice copies each)."""
         if model is not self._model and not self._adopt(model):
             return
-        n = len(x)
+        self._pending.append((x, predictions, model))
+        self._pending_rows += len(x)  # from several threads a count may be lost: flushes later
+        if self._pending_rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Copy the noted rows of the current model into the window."""
         with self._lock:
-            if model is not self._model or self._x is None or self._p is None:
+            self._pending_rows = 0
+            items = []
+            with contextlib.suppress(IndexError):
+                while True:
+                    items.append(self._pending.popleft())
+            kept = [(x, p) for x, p, m in items if m is self._model]
+            if not kept or self._x is None or self._p is None:
                 return
-            self.rows_seen += n
-            w = self.window
-            if n > w:
-                x, predictions, n = x[-w:], predictions[-w:], w
-            start = self._next
-            first = min(n, w - start)
-            self._x[start : start + first] = x[:first]
-            self._p[start : start + first] = predictions[:first]
-            if n > first:
-                self._x[: n - first] = x[first:]
-                self._p[: n - first] = predictions[first:]
-            self._next = (start + n) % w
-            self._filled = min(w, self._filled + n)
+            x = kept[0][0] if len(kept) == 1 else np.concatenate([x for x, _ in kept])
+            p = kept[0][1] if len(kept) == 1 else np.concatenate([p for _, p in kept])
+            self._write(x, p)
+
+    def _write(self, x: np.ndarray, predictions: np.ndarray) -> None:
+        """Rows into the ring (under the lock): two slice copies at most."""
+        assert self._x is not None and self._p is not None
+        n = len(x)
+        self.rows_seen += n
+        w = self.window
+        if n > w:
+            x, predictions, n = x[-w:], predictions[-w:], w
+        start = self._next
+        first = min(n, w - start)
+        self._x[start : start + first] = x[:first]
+        self._p[start : start + first] = predictions[:first]
+        if n > first:
+            self._x[: n - first] = x[first:]
+            self._p[: n - first] = predictions[first:]
+        self._next = (start + n) % w
+        self._filled = min(w, self._filled + n)
 
     def _adopt(self, model: LoadedModel) -> bool:
         """Start a new window for a newly served model; ignore rows of an older one."""
@@ -132,6 +158,7 @@ class DriftMonitor:
 
     def compute(self) -> dict[str, Any] | None:
         """PSI of the window now (in a worker thread); publishes the gauges. ``None``: no rows."""
+        self.flush()
         with self._lock:
             model, filled, seen = self._model, self._filled, self.rows_seen
             if model is None or model.profile is None or self._x is None or self._p is None:
@@ -215,6 +242,7 @@ class DriftMonitor:
                 "reason": model.profile_note or "the model has no reference profile",
             }
         base["reference"] = {"rows": model.profile.rows, "source": model.profile.source}
+        self.flush()
         with self._lock:
             same = self._model is model
             rows, seen, result = (
