@@ -407,6 +407,7 @@ def paired_one_row(
             "errors": sum(r.errors for r in results),
             "p50_ms": float(np.median([r.p50_ms for r in results])),
             "p50_rounds": [r.p50_ms for r in results],
+            "rps_rounds": [r.requests / r.seconds for r in results],
             "p99_ms": float(np.median([r.p99_ms for r in results])),
             "rps": sum(r.requests for r in results) / sum(r.seconds for r in results),
         }
