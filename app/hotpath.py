@@ -90,19 +90,8 @@ async def invocation(request: Request) -> tuple[Scored, LoadedModel, str]:
     ):
         role, answering = "challenger", challenger
     model = answering.require()
-    request.state.model_version = model.version
-    request.state.model = model.label
     request.state.model_role = role
-    scored = await handle(
-        request,
-        model,
-        settings=settings,
-        metrics=state.metrics,
-        in_flight=state.in_flight,
-        admission=state.admission,
-        role=role,
-    )
-    request.state.rows = scored.rows
+    scored = await _handled(request, model, role=role)
     shadow = state.shadow
     if shadow is not None:
         shadow.submit(scored.x, scored.predictions, model)
@@ -114,22 +103,32 @@ async def explanation(request: Request, top: int | None) -> Scored:
     ``ServiceError`` for every refusal; a model that cannot explain is refused (422) before the
     body is read."""
     state = request.app.state
-    settings = state.settings
     check_media_type(request.headers.get("content-type"))
     model = state.holder.require()
     contributions_of(model.predictor)
+    return await _handled(
+        request,
+        model,
+        work=functools.partial(explain_body, top=top),
+        # One row on the loop (a few ms); more in a thread, not to hold up other requests.
+        inline_bytes=state.settings.inline_body_bytes // CONTRIBUTION_COST,
+    )
+
+
+async def _handled(request: Request, model: LoadedModel, **how: Any) -> Scored:
+    """``dataplane.handle`` with the app's settings, metrics and admission, the model and the
+    rows noted for the access log; ``how``: ``handle``'s ``role``, ``work``, ``inline_bytes``."""
+    state = request.app.state
     request.state.model_version = model.version
     request.state.model = model.label
     scored = await handle(
         request,
         model,
-        settings=settings,
+        settings=state.settings,
         metrics=state.metrics,
         in_flight=state.in_flight,
         admission=state.admission,
-        work=functools.partial(explain_body, top=top),
-        # One row on the loop (a few ms); more in a thread, not to hold up other requests.
-        inline_bytes=settings.inline_body_bytes // CONTRIBUTION_COST,
+        **how,
     )
     request.state.rows = scored.rows
     return scored
