@@ -94,6 +94,111 @@ def _goes_left(value: float, threshold: float, missing: int, default_left: bool)
     return value <= threshold
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _decide(  # noqa: PLR0917
+    x: np.ndarray,
+    r: int,
+    first_split: int,
+    n_splits: int,
+    split_feature: np.ndarray,
+    split_threshold: np.ndarray,
+    split_missing: np.ndarray,
+    split_default_left: np.ndarray,
+    left: np.ndarray,
+) -> None:
+    """Row ``r``'s decision at each of a tree's splits, into ``left``."""
+    for k in range(n_splits):
+        s = first_split + k
+        value = x[r, split_feature[s]]
+        if -ZERO_THRESHOLD <= value <= ZERO_THRESHOLD:
+            value = 0.0  # LightGBM's dense-row reader keeps tiny values as zeros
+        left[k] = _goes_left(value, split_threshold[s], split_missing[s], split_default_left[s])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _patterns(  # noqa: PLR0917
+    first_node: int,
+    n_nodes: int,
+    node_parent: np.ndarray,
+    node_parent_split: np.ndarray,
+    node_slot: np.ndarray,
+    node_left: np.ndarray,
+    left: np.ndarray,
+    pattern_of: np.ndarray,
+) -> None:
+    """Down a tree, each node's pattern: its parent's, less the parent's feature where the
+    decisions in ``left`` went the other way."""
+    pattern_of[0] = -1  # all features followed
+    for k in range(1, n_nodes):
+        node = first_node + k
+        missed = np.int64(left[node_parent_split[node]] != node_left[node])
+        pattern_of[k] = pattern_of[node_parent[node]] & ~(missed << node_slot[node])
+
+
+@njit(cache=True, nogil=True)
+def fill_groups(  # noqa: PLR0917
+    scratch: np.ndarray,
+    tree_node_start: np.ndarray,
+    node_parent: np.ndarray,
+    node_parent_split: np.ndarray,
+    node_slot: np.ndarray,
+    node_left: np.ndarray,
+    leaf_node: np.ndarray,
+    leaf_slot_start: np.ndarray,
+    slot_feature: np.ndarray,
+    slot_follow: np.ndarray,
+    leaf_table_start: np.ndarray,
+    table: np.ndarray,
+    unsatisfied: np.ndarray,
+    tree_group_start: np.ndarray,
+    group_split_start: np.ndarray,
+    group_split: np.ndarray,
+    group_leaf_start: np.ndarray,
+    group_leaf: np.ndarray,
+    group_feature_start: np.ndarray,
+    group_feature: np.ndarray,
+    group_table_start: np.ndarray,
+    group_table: np.ndarray,
+) -> None:
+    """For every group of leaves (a subtree, see ``scoring.treeshap``) and every ``key``, a
+    setting of the decisions at the ``b`` splits its leaves depend on (bit ``j`` set where the
+    row goes left at ``group_split[j]``): the sum of its leaves' shares (``_add_leaf``) of each
+    of its features, at ``group_table[start + key * F + column]``. A row then costs a group
+    its key and ``F`` additions instead of every leaf's patterns and table look-ups.
+    ``scratch`` is one zeroed row of contributions."""
+    widest = 1
+    for t in range(len(tree_node_start) - 1):
+        widest = max(widest, tree_node_start[t + 1] - tree_node_start[t])
+    left = np.zeros(widest, dtype=np.bool_)
+    pattern_of = np.empty(widest, dtype=np.int64)
+    for t in range(len(tree_group_start) - 1):
+        first_node = tree_node_start[t]
+        n_nodes = tree_node_start[t + 1] - first_node
+        for g in range(tree_group_start[t], tree_group_start[t + 1]):
+            first_split = group_split_start[g]
+            bits = group_split_start[g + 1] - first_split
+            first_feature = group_feature_start[g]
+            width = group_feature_start[g + 1] - first_feature
+            for key in range(1 << bits):
+                for j in range(bits):
+                    left[group_split[first_split + j]] = (key >> j) & 1
+                _patterns(
+                    first_node, n_nodes, node_parent, node_parent_split, node_slot, node_left,
+                    left, pattern_of,
+                )  # fmt: skip
+                for q in range(group_leaf_start[g], group_leaf_start[g + 1]):
+                    leaf = group_leaf[q]
+                    _add_leaf(
+                        scratch, 0, leaf, pattern_of[leaf_node[leaf]], leaf_slot_start,
+                        slot_feature, slot_follow, leaf_table_start, table, unsatisfied,
+                    )  # fmt: skip
+                row = group_table_start[g] + key * width
+                for c in range(width):
+                    feature = group_feature[first_feature + c]
+                    group_table[row + c] = scratch[0, feature]
+                    scratch[0, feature] = 0.0
+
+
 @njit(cache=True, nogil=True)
 def explain_rows(  # noqa: PLR0917 (numba takes no keyword-only arguments)
     x: np.ndarray,
@@ -112,7 +217,6 @@ def explain_rows(  # noqa: PLR0917 (numba takes no keyword-only arguments)
     node_parent_split: np.ndarray,
     node_slot: np.ndarray,
     node_left: np.ndarray,
-    tree_leaf_start: np.ndarray,
     leaf_node: np.ndarray,
     leaf_slot_start: np.ndarray,
     slot_feature: np.ndarray,
@@ -120,18 +224,33 @@ def explain_rows(  # noqa: PLR0917 (numba takes no keyword-only arguments)
     leaf_table_start: np.ndarray,
     table: np.ndarray,
     unsatisfied: np.ndarray,
+    tree_rest_start: np.ndarray,
+    rest_leaf: np.ndarray,
+    tree_upper_start: np.ndarray,
+    upper_node: np.ndarray,
+    tree_group_start: np.ndarray,
+    group_root: np.ndarray,
+    group_inner: np.ndarray,
+    group_first_split: np.ndarray,
+    group_feature_start: np.ndarray,
+    group_feature: np.ndarray,
+    group_table_start: np.ndarray,
+    group_table: np.ndarray,
 ) -> None:
     """Add the contributions of trees ``first_tree:stop_tree`` to rows ``start:stop`` of ``x``
     into ``out`` (zeroed by the caller; the base value column is left alone). Per tree and row:
-    the decision at each split; down the tree, each node's pattern (its parent's, less the
-    parent's feature where the row went the other way); then per leaf its share of each path
-    feature from the tables (see ``fill_tables``; ``slot_follow`` is ``1 - z``). Rows go in
-    blocks so that a tree's tables stay in cache across the block."""
+    the decision at each split; down to each group's root, the decisions above it as bits
+    (``upper``, one bit per level, nearest lowest); per group of leaves (``fill_groups``) its
+    key (its own decisions, then those bits above them) and its row of sums; the leaves in no
+    group (deep in the tree) one by one: each node's pattern, then per leaf its share of each
+    path feature from the tables (see ``fill_tables``; ``slot_follow`` is ``1 - z``). Rows go
+    in blocks so that a tree's tables stay in cache across the block."""
     widest = 1
     for t in range(first_tree, stop_tree):
         widest = max(widest, tree_node_start[t + 1] - tree_node_start[t])
     left = np.empty(widest, dtype=np.bool_)
     pattern_of = np.empty(widest, dtype=np.int64)
+    upper = np.zeros(widest, dtype=np.int64)
     for block in range(start, stop, ROW_BLOCK):
         block_stop = min(block + ROW_BLOCK, stop)
         for t in range(first_tree, stop_tree):
@@ -139,33 +258,41 @@ def explain_rows(  # noqa: PLR0917 (numba takes no keyword-only arguments)
             n_splits = tree_split_start[t + 1] - first_split
             first_node = tree_node_start[t]
             n_nodes = tree_node_start[t + 1] - first_node
+            first_rest = tree_rest_start[t]
+            stop_rest = tree_rest_start[t + 1]
             for r in range(block, block_stop):
-                for k in range(n_splits):
-                    s = first_split + k
-                    value = x[r, split_feature[s]]
-                    if -ZERO_THRESHOLD <= value <= ZERO_THRESHOLD:
-                        value = 0.0  # LightGBM's dense-row reader keeps tiny values as zeros
-                    left[k] = _goes_left(
-                        value, split_threshold[s], split_missing[s], split_default_left[s]
-                    )
-                pattern_of[0] = -1  # all features followed
-                for k in range(1, n_nodes):
+                _decide(
+                    x, r, first_split, n_splits, split_feature, split_threshold, split_missing,
+                    split_default_left, left,
+                )  # fmt: skip
+                for q in range(tree_upper_start[t], tree_upper_start[t + 1]):
+                    k = upper_node[q]
                     node = first_node + k
-                    missed = np.int64(left[node_parent_split[node]] != node_left[node])
-                    pattern_of[k] = pattern_of[node_parent[node]] & ~(missed << node_slot[node])
-                for leaf in range(tree_leaf_start[t], tree_leaf_start[t + 1]):
+                    bit = np.int64(left[node_parent_split[node]])
+                    upper[k] = (upper[node_parent[node]] << 1) | bit
+                for g in range(tree_group_start[t], tree_group_start[t + 1]):
+                    inner = group_inner[g]
+                    key = upper[group_root[g]] << inner
+                    first_bit = group_first_split[g]
+                    for j in range(inner):
+                        key |= np.int64(left[first_bit + j]) << j
+                    first_feature = group_feature_start[g]
+                    width = group_feature_start[g + 1] - first_feature
+                    row = group_table_start[g] + key * width
+                    for c in range(width):
+                        out[r, group_feature[first_feature + c]] += group_table[row + c]
+                if first_rest == stop_rest:
+                    continue
+                _patterns(
+                    first_node, n_nodes, node_parent, node_parent_split, node_slot, node_left,
+                    left, pattern_of,
+                )  # fmt: skip
+                for q in range(first_rest, stop_rest):
+                    leaf = rest_leaf[q]
                     _add_leaf(
-                        out,
-                        r,
-                        leaf,
-                        pattern_of[leaf_node[leaf]],
-                        leaf_slot_start,
-                        slot_feature,
-                        slot_follow,
-                        leaf_table_start,
-                        table,
-                        unsatisfied,
-                    )
+                        out, r, leaf, pattern_of[leaf_node[leaf]], leaf_slot_start,
+                        slot_feature, slot_follow, leaf_table_start, table, unsatisfied,
+                    )  # fmt: skip
 
 
 @njit(cache=True, nogil=True, inline="always")

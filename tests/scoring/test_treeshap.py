@@ -81,6 +81,48 @@ def test_equals_lightgbm_on_hard_rows(name: str) -> None:
         np.testing.assert_array_equal(got[:, -1], native[:, -1])  # the base value, bit for bit
 
 
+GROUPINGS: dict[str, dict[str, int]] = {
+    "no groups": {"GROUP_SPLITS": 0},
+    "small groups": {"GROUP_SPLITS": 3},
+    "group tables full halfway": {},  # MAX_GROUP_ENTRIES: half of what the model's groups take
+}
+
+
+@pytest.mark.parametrize("grouping", list(GROUPINGS))
+@pytest.mark.parametrize("name", list(MODELS))
+def test_leaves_grouped_or_one_by_one_equal_lightgbm(
+    name: str, grouping: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each way a leaf is explained (in a subtree's table, or alone from its own) and any mix
+    of the two in one tree gives LightGBM's contributions."""
+    booster = _trained(name)
+    for setting, value in GROUPINGS[grouping].items():
+        monkeypatch.setattr(treeshap, setting, value)
+    if not GROUPINGS[grouping]:
+        full, _ = treeshap._flatten(booster.dump_model())
+        monkeypatch.setattr(treeshap, "MAX_GROUP_ENTRIES", len(full.group_table) // 2)
+    arrays, _ = treeshap._flatten(booster.dump_model())
+    leaves = len(arrays.leaf_value)
+    apart = len(arrays.rest_leaf)
+    if grouping == "no groups":
+        assert len(arrays.group_root) == 0 and apart == leaves
+    elif name != "stumps":  # a stump's two leaves depend on one split: always a group
+        assert 0 < apart < leaves and len(arrays.group_root) > 0
+    engine = _engine(booster)
+    x = _hard_rows(booster)
+    np.testing.assert_allclose(
+        engine.contributions(x, 1), booster.predict(x, pred_contrib=True), rtol=0, atol=TOLERANCE
+    )
+
+
+def test_deep_trees_mix_groups_and_single_leaves() -> None:
+    """As built, the deep model's trees have both (the case the benchmark's trees are in)."""
+    arrays, _ = treeshap._flatten(_trained("deep paths").dump_model())
+    groups = np.diff(arrays.tree_group_start)
+    apart = np.diff(arrays.tree_rest_start)
+    assert np.any((groups > 0) & (apart > 0))
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_threads_splitting_the_trees_of_a_few_rows_add_up_to_lightgbm(
     name: str, monkeypatch: pytest.MonkeyPatch
