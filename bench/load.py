@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+import socket
 import statistics
 import subprocess
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,3 +166,76 @@ def httpx_get_text(url: str) -> str:
     response = httpx.get(url, timeout=30)
     response.raise_for_status()
     return response.text
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection posting one body: a bare socket, so the client adds
+    the same few microseconds to every server it measures."""
+
+    def __init__(self, url: str, body: bytes, content_type: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.url = url
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        head = (
+            f"POST {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.request = head.encode() + body
+
+    def roundtrip(self) -> float:
+        """Seconds from sending the request to the answer's last byte; a non-200 answer or a
+        closed connection raises."""
+        started = time.perf_counter()
+        self.sock.sendall(self.request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += self._recv()
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        if not lines[0].startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"{self.url} answered {lines[0].decode(errors='replace')}")
+        fields = dict(line.split(b":", 1) for line in lines[1:] if b":" in line)
+        length = int({k.strip().lower(): v for k, v in fields.items()}[b"content-length"])
+        while len(rest) < length:
+            rest += self._recv()
+        return time.perf_counter() - started
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise RuntimeError(f"{self.url} closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def interleaved(
+    urls: dict[str, str], body: bytes, content_type: str, *, seconds: float, warmup: int = 200
+) -> dict[str, list[float]]:
+    """Latencies (seconds) of one connection per server, one request to each in turn, the
+    order rotating every round, for ``seconds``: every server sees the same moments of the
+    machine, whose speed here drifts by up to 2x within seconds, so their medians can be
+    compared to a few percent where back-to-back wrk runs cannot. ``warmup`` rounds are not
+    kept."""
+    connections = {name: _Connection(url, body, content_type) for name, url in urls.items()}
+    names = list(connections)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        deadline = None
+        for round_ in itertools.count():
+            if round_ == warmup:
+                deadline = time.monotonic() + seconds
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                took = connections[name].roundtrip()
+                if deadline is not None:
+                    out[name].append(took)
+    finally:
+        for connection in connections.values():
+            connection.close()
+    return out

@@ -244,15 +244,17 @@ def render_shadow(r: dict[str, Any]) -> str:
         f"{_verdict(ratio, 1.1, False)} |",
         f"| p99 latency (ms) | {_fmt(_get(r, 'shadow', 'alone', 'p99_ms'))} | "
         f"{_fmt(_get(r, 'shadow', 'shadow', 'p99_ms'))} | | | |",
-        f"| requests/s | {_fmt(_get(r, 'shadow', 'alone', 'rps'))} | "
-        f"{_fmt(_get(r, 'shadow', 'shadow', 'rps'))} | | | |",
+        f"| requests | {_fmt(_get(r, 'shadow', 'alone', 'requests'))} | "
+        f"{_fmt(_get(r, 'shadow', 'shadow', 'requests'))} | | | |",
     ]
-    per_round = (r.get("shadow") or {}).get("p50_round_ratios")
-    if isinstance(per_round, list) and per_round:
+    per_block = (r.get("shadow") or {}).get("p50_block_ratios")
+    if isinstance(per_block, list) and per_block:
         lines += [
             "",
-            "The ratio is the median of the rounds' ratios (each round measures both servers back "
-            f"to back): {', '.join(f'{v:.2f}' for v in per_round)}.",
+            "Both servers run at once and take one request each in turn on one connection each "
+            "(a socket client, the order rotating), so both medians cover the same moments of "
+            "the machine. The ratio of the medians of consecutive tenths of the run: "
+            f"{', '.join(f'{v:.2f}' for v in per_block)}.",
         ]
     return "\n".join(lines)
 
