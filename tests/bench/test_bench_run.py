@@ -55,9 +55,11 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     shadow = results["shadow"]
     assert shadow["alone"]["requests"] > 0 and shadow["shadow"]["requests"] > 0
     assert shadow["shadow_rows"] + shadow["shadow_dropped_rows"] > 0
+    assert len(shadow["p50_block_ratios"]) == 10 and shadow["p50_ratio"] > 0
     explain = results["ours"]["explain"]
     assert explain["check_max_abs_logit_gap"] <= 1e-9 and explain["rows"] == 50
     assert explain["c1"]["requests"] > 0 and explain["c1"]["errors"] == 0
+    assert explain["in_turn"]["requests"] > 0 and explain["in_turn"]["explain_p50_ms"] > 0
     assert explain["rows_s"]["median"] > 0
 
     table = (out / "latest.md").read_text()
