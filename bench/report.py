@@ -204,6 +204,11 @@ def render_floor(r: dict[str, Any], conn: int) -> list[str]:
         f"| compiled trees in use after ready (s), cold cache | | {_fmt(compiled)} | | ≤ 30 s | "
         f"{_verdict(compiled, 30, False)} |"
     )
+    optimized = _get(r, "startup", "optimized_after_ready_s")
+    if optimized is not None:
+        lines.append(
+            f"| … their optimized code in use after ready (s) | | {_fmt(optimized)} | | | |"
+        )
     return [*lines, ""]
 
 

@@ -16,6 +16,14 @@ is named after its cache key, and each loaded forest has its own LLVM execution 
 number of forests can live in one process (one per model swap) and each is freed with its
 ``CompiledForest``.
 
+Code generation is LLVM's slowest step (~15 of the benchmark forest's ~35 s at LLVM's default
+level 2). A server that must compile in the background therefore compiles twice, like a tiered
+JIT: first *quick* code (``QUICK_CODEGEN``: LLVM's instruction selection without its level-2
+code generation, after the same IR optimisation; ~15 s, scoring ~20-30% slower than the
+optimized code, still several times faster than LightGBM), which takes over at once, then the
+optimized code, which replaces it. Each tier has its own cache entry; a start that finds the
+optimized object skips the quick one.
+
 Nothing compiled is trusted blindly: before use, its output is compared with ``Booster.predict``
 on probe rows built from the model's own split thresholds (exactly at, just below and just above
 each, plus missing, zero and out-of-range values), and any difference above ``TOLERANCE`` (or
@@ -52,6 +60,8 @@ COMPILE_TIMEOUT_S = 3600.0  # the 1000-tree benchmark forest: about two minutes 
 # Bumped whenever the object code changes shape (here: entry symbol named after the key), so an
 # object left in the cache by an older build is never loaded under a symbol it lacks.
 _CACHE_FORMAT = "2"
+OPTIMIZED_CODEGEN = 2  # LLVM's default code generation level, lleaves' own
+QUICK_CODEGEN = 0
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "santander-serving-lleaves"
 
 
@@ -68,6 +78,8 @@ class CompiledForest:
     compile_seconds: float
     from_cache: bool
     backend: str = "lleaves"
+    quick: bool = False
+    """The quick tier's code (see the module's docstring)."""
 
     def predict(self, x: np.ndarray, threads: int) -> np.ndarray:
         """Score a C-contiguous float64 matrix in the booster's feature order."""
@@ -98,14 +110,19 @@ class CompiledForest:
 
     def describe(self) -> str:
         source = "cached object code" if self.from_cache else "compiled now"
+        tier = "quick code, " if self.quick else ""
         return (
-            f"lleaves ({source}, {self.compile_seconds:.1f}s) matches LightGBM to "
+            f"lleaves ({tier}{source}, {self.compile_seconds:.1f}s) matches LightGBM to "
             f"{self.max_abs_diff:.1e} on {self.probe_rows} probe rows"
         )
 
 
 def compile_booster(
-    booster: Any, cache_dir: str | Path | None = None, probe: np.ndarray | None = None
+    booster: Any,
+    cache_dir: str | Path | None = None,
+    probe: np.ndarray | None = None,
+    *,
+    quick: bool = False,
 ) -> tuple[CompiledForest | None, str]:
     """Compile ``booster`` with lleaves and check it against LightGBM.
 
@@ -114,6 +131,7 @@ def compile_booster(
         cache_dir: where compiled object code is kept between starts (default: a folder under
             the system's temporary directory).
         probe: rows to check on, in the booster's feature order (default: ``probe_rows``).
+        quick: the quick tier's code (faster to build, slower to run) instead of the optimized.
 
     Returns:
         The compiled forest (or ``None`` when it cannot be used) and one line saying why.
@@ -131,11 +149,12 @@ def compile_booster(
         text = booster.model_to_string()
         directory = Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR
         directory.mkdir(parents=True, exist_ok=True)
-        key = _cache_key(text, lleaves_version(), llvmlite.__version__, llvm)
+        key = _cache_key(text, lleaves_version(), llvmlite.__version__, llvm, quick=quick)
         target = directory / f"{key}.o"
         with _locked(directory / f"{key}.lock"):
             from_cache = target.is_file() and target.stat().st_size > 0
-            model = _compile(lleaves, text, directory, target, from_cache)
+            codegen = QUICK_CODEGEN if quick else OPTIMIZED_CODEGEN
+            model = _compile(lleaves, text, directory, target, from_cache, codegen=codegen)
     except Exception as exc:  # any failure of an optional accelerator means: use LightGBM
         log.warning("lleaves could not compile the model: %s", exc, exc_info=True)
         return None, f"lleaves failed to compile the model ({type(exc).__name__}); using LightGBM"
@@ -143,7 +162,8 @@ def compile_booster(
     rows = probe if probe is not None else probe_rows(booster)
     try:
         expected = np.asarray(booster.predict(rows, num_threads=1), dtype=np.float64)
-        forest = CompiledForest(model, np.inf, len(rows), time.perf_counter() - started, from_cache)
+        seconds = time.perf_counter() - started
+        forest = CompiledForest(model, np.inf, len(rows), seconds, from_cache, quick=quick)
         got = forest.predict(rows, 1)
         diff = float(np.max(np.abs(expected - got))) if expected.shape == got.shape else np.inf
     except Exception as exc:
@@ -158,6 +178,19 @@ def compile_booster(
     return forest, forest.describe()
 
 
+def is_cached(booster: Any, cache_dir: str | Path | None = None) -> bool:
+    """Whether ``booster``'s optimized object code is in the cache already (then a start needs
+    no quick tier)."""
+    try:
+        llvmlite = importlib.import_module("llvmlite")
+        llvm = importlib.import_module("llvmlite.binding")
+    except ImportError:
+        return False
+    key = _cache_key(booster.model_to_string(), lleaves_version(), llvmlite.__version__, llvm)
+    target = (Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR) / f"{key}.o"
+    return target.is_file() and target.stat().st_size > 0
+
+
 def lleaves_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -167,8 +200,10 @@ def lleaves_version() -> str:
         return "unknown"
 
 
-def _cache_key(text: str, lleaves_ver: str, llvmlite_ver: str, llvm: Any) -> str:
-    """Object code is only reusable for the same model, compiler and CPU."""
+def _cache_key(
+    text: str, lleaves_ver: str, llvmlite_ver: str, llvm: Any, *, quick: bool = False
+) -> str:
+    """Object code is only reusable for the same model, compiler, CPU and tier."""
     try:
         features = llvm.get_host_cpu_features().flatten()
     except RuntimeError:
@@ -178,6 +213,8 @@ def _cache_key(text: str, lleaves_ver: str, llvmlite_ver: str, llvm: Any) -> str
         digest.update(part.encode())
         digest.update(b"\0")
     digest.update(llvm.get_host_cpu_name().encode() + b"\0" + features.encode())
+    if quick:
+        digest.update(b"\0quick")
     return digest.hexdigest()[:32]
 
 
@@ -197,7 +234,9 @@ def entry_symbol(key: str) -> str:
     return f"forest_{key}"
 
 
-def _compile(lleaves: Any, text: str, directory: Path, target: Path, from_cache: bool) -> Any:
+def _compile(
+    lleaves: Any, text: str, directory: Path, target: Path, from_cache: bool, *, codegen: int
+) -> Any:
     symbol = entry_symbol(target.stem)  # the cache key
     with tempfile.TemporaryDirectory(dir=directory, prefix="build-") as tmp:
         model_file = Path(tmp) / "model.txt"
@@ -205,7 +244,7 @@ def _compile(lleaves: Any, text: str, directory: Path, target: Path, from_cache:
         if not from_cache:
             # The object file is written by a child; publish it only once complete.
             partial = Path(tmp) / "model.o"
-            _compile_in_child(model_file, partial, symbol)
+            _compile_in_child(model_file, partial, symbol, codegen)
             os.replace(partial, target)
         model = lleaves.Model(model_file=str(model_file))
         # With an existing cache file lleaves loads that object code and compiles nothing.
@@ -217,9 +256,9 @@ def _compile(lleaves: Any, text: str, directory: Path, target: Path, from_cache:
     return model
 
 
-def _compile_in_child(model_file: Path, out: Path, symbol: str) -> None:
+def _compile_in_child(model_file: Path, out: Path, symbol: str, codegen: int) -> None:
     """Run ``python -m`` this module to compile ``model_file`` into object code at ``out``."""
-    command = [sys.executable, "-m", __name__, str(model_file), str(out), symbol]
+    command = [sys.executable, "-m", __name__, str(model_file), str(out), symbol, str(codegen)]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
     )
@@ -228,10 +267,29 @@ def _compile_in_child(model_file: Path, out: Path, symbol: str) -> None:
         raise RuntimeError(f"the compiler process exited with {done.returncode}: {tail}")
 
 
-def _compile_object(model_file: str, out: str, symbol: str) -> None:
-    """In the child: compile with lleaves, which writes the object code to ``out``."""
-    lleaves = importlib.import_module("lleaves")
-    lleaves.Model(model_file=model_file).compile(cache=out, froot_func_name=symbol)
+def _compile_object(model_file: str, out: str, symbol: str, codegen: str) -> None:
+    """In the child: lleaves' IR for the forest, optimized by lleaves' passes, then object code
+    for this CPU at LLVM code generation level ``codegen``, written to ``out`` (lleaves' own
+    ``compile`` generates at LLVM's default level and loads it here; this only writes it)."""
+    compiler = importlib.import_module("lleaves.compiler")
+    llvm = importlib.import_module("llvmlite.binding")
+    llvm.initialize()
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    module = compiler.compile_to_module(model_file, froot_func_name=symbol)
+    try:
+        features = llvm.get_host_cpu_features().flatten()
+    except RuntimeError:
+        features = ""
+    machine = llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(
+        cpu=llvm.get_host_cpu_name(),
+        features=features,
+        reloc="pic",
+        codemodel="large",  # lleaves' choice: big forests need it
+        opt=int(codegen),
+    )
+    module.data_layout = str(machine.target_data)
+    Path(out).write_bytes(machine.emit_object(module))
 
 
 def probe_rows(
@@ -287,8 +345,9 @@ def _collect(node: dict[str, Any], thresholds: list[list[float]]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) != 5:
         sys.exit(
-            f"usage: python -m {__spec__.name if __spec__ else 'compiled'} MODEL_TXT OUT_O SYMBOL"
+            f"usage: python -m {__spec__.name if __spec__ else 'compiled'} "
+            "MODEL_TXT OUT_O SYMBOL CODEGEN_LEVEL"
         )
     _compile_object(*sys.argv[1:])

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from scoring.compiled import CompiledForest, compile_booster
+from scoring.compiled import CompiledForest, compile_booster, is_cached
 from scoring.errors import ExplanationsUnavailable
 from scoring.treeshap import TreeShapEngine, build_engine
 
@@ -80,7 +80,10 @@ class BoosterPredictor:
             # Compiling a big forest takes minutes: serve with LightGBM meanwhile, switch after.
             self.backend_note = "LightGBM Booster.predict while lleaves compiles in the background"
             self.compiling = threading.Thread(
-                target=self._compile, args=(cache_dir,), name="lleaves-compile", daemon=True
+                target=self._compile,
+                args=(cache_dir, True),
+                name="lleaves-compile",
+                daemon=True,
             )
             self.compiling.start()
         elif compiled:
@@ -96,11 +99,23 @@ class BoosterPredictor:
         elif explain:
             self.prepare_explanations()
 
-    def _compile(self, cache_dir: str | None) -> None:
+    def _compile(self, cache_dir: str | None, tiered: bool = False) -> None:
+        """Compile (or load) the optimized code; ``tiered`` and not cached yet: the quick code
+        first, which scores until the optimized replaces it (``scoring.compiled``)."""
+        if tiered and not is_cached(self.booster, cache_dir):
+            quick, note = compile_booster(self.booster, cache_dir, quick=True)
+            if quick is not None:
+                self.backend = quick.backend
+                self._compiled = quick  # one assignment: requests switch over atomically
+                note += "; optimized code compiling in the background"
+            self.backend_note = note
+            log.info("scoring backend: %s", note)
         compiled, note = compile_booster(self.booster, cache_dir)
         if compiled is not None:
             self.backend = compiled.backend
-            self._compiled = compiled  # one assignment: requests switch over atomically
+            self._compiled = compiled
+        elif self._compiled is not None:
+            note = f"{self._compiled.describe()} (the optimized code failed: {note})"
         self.backend_note = note
         log.info("scoring backend: %s", note)
 

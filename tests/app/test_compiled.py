@@ -12,7 +12,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from scoring.compiled import TOLERANCE, compile_booster, probe_rows
+from scoring.compiled import TOLERANCE, compile_booster, is_cached, probe_rows
 from scoring.predictors import BoosterPredictor
 from tests.helpers import FEATURES, PROJECT_DIR, make_frame
 
@@ -44,6 +44,67 @@ def test_compiled_code_is_cached_between_starts(booster: lgb.Booster, tmp_path: 
     assert first is not None and not first.from_cache, note
     again, note = compile_booster(booster, tmp_path)
     assert again is not None and again.from_cache, note
+
+
+def test_quick_code_matches_lightgbm_and_is_cached_apart(
+    booster: lgb.Booster, tmp_path: Path
+) -> None:
+    quick, note = compile_booster(booster, tmp_path, quick=True)
+    assert quick is not None and quick.quick and "quick code" in note, note
+    rows, _ = make_frame(300, seed=23)
+    x = rows.to_numpy(copy=True)
+    x[7, 2] = np.nan
+    for threads in (1, 2):
+        got = quick.predict(np.ascontiguousarray(x), threads)
+        np.testing.assert_allclose(got, booster.predict(x), rtol=0, atol=TOLERANCE)
+    assert not is_cached(booster, tmp_path)  # the quick object is not the optimized one
+    optimized, note = compile_booster(booster, tmp_path)
+    assert optimized is not None and not optimized.quick and not optimized.from_cache, note
+    assert is_cached(booster, tmp_path) and len(list(tmp_path.glob("*.o"))) == 2
+
+
+def _tiers_compiled(monkeypatch: pytest.MonkeyPatch, fail_optimized: bool = False) -> list[bool]:
+    """Record each compile of ``BoosterPredictor`` as quick (True) or optimized (False)."""
+    calls: list[bool] = []
+
+    def recording(booster: lgb.Booster, cache_dir: str | None, *, quick: bool = False) -> object:
+        calls.append(quick)
+        if fail_optimized and not quick:
+            return None, "the optimized compile failed here"
+        return compile_booster(booster, cache_dir, quick=quick)
+
+    monkeypatch.setattr("scoring.predictors.compile_booster", recording)
+    return calls
+
+
+def test_a_background_compile_serves_quick_code_until_the_optimized_is_ready(
+    booster: lgb.Booster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _tiers_compiled(monkeypatch)
+    predictor = BoosterPredictor(booster, FEATURES, True, str(tmp_path), background=True)
+    assert predictor.wait_compiled(300)
+    assert calls == [True, False]
+    assert not predictor._compiled.quick and "quick" not in predictor.backend_note
+    # A start that finds the optimized code cached takes it and compiles nothing quick.
+    calls.clear()
+    again = BoosterPredictor(booster, FEATURES, True, str(tmp_path), background=True)
+    assert again.wait_compiled(300) and calls == [False]
+    # Not in the background, the optimized code alone (nothing serves while it compiles).
+    calls.clear()
+    BoosterPredictor(booster, FEATURES, True, str(tmp_path / "cold"))
+    assert calls == [False]
+
+
+def test_quick_code_keeps_serving_when_the_optimized_fails(
+    booster: lgb.Booster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tiers_compiled(monkeypatch, fail_optimized=True)
+    predictor = BoosterPredictor(booster, FEATURES, True, str(tmp_path), background=True)
+    assert predictor.wait_compiled(300) and predictor._compiled.quick
+    assert predictor.backend == "lleaves"
+    assert "the optimized code failed: the optimized compile failed here" in predictor.backend_note
+    x = make_frame(50, seed=24)[0].to_numpy(copy=True)
+    np.testing.assert_allclose(predictor.predict(x, 1), booster.predict(x), rtol=0, atol=TOLERANCE)
 
 
 def _other_booster(seed: int, rounds: int) -> lgb.Booster:

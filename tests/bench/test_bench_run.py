@@ -49,7 +49,9 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     overheads = results["overheads"]
     for name in ("ours", "ours_no_drift", "ours_log", "ours_quiet"):
         assert overheads[name]["c1"]["requests"] > 0 and overheads[name]["cn"]["errors"] == 0
-    assert results["startup"]["ready_s"] > 0 and results["startup"]["compiled_after_ready_s"] > 0
+    startup = results["startup"]
+    assert startup["ready_s"] > 0 and startup["compiled_after_ready_s"] > 0
+    assert startup["optimized_after_ready_s"] >= startup["compiled_after_ready_s"]
     scaling = results["scaling"]
     assert all(scaling[f"w{w}"]["requests"] > 0 for w in {1, scaling["cores"]})
     shadow = results["shadow"]
