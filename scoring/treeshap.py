@@ -122,6 +122,17 @@ class _Arrays:
     group_table_start: np.ndarray
     group_table: np.ndarray
 
+    def node_arguments(self) -> tuple[np.ndarray, ...]:
+        """The trees' nodes and the leaves' nodes, in the kernels' order."""
+        return (
+            self.tree_node_start,
+            self.node_parent,
+            self.node_parent_split,
+            self.node_slot,
+            self.node_left,
+            self.leaf_node,
+        )
+
     def leaf_arguments(self) -> tuple[np.ndarray, ...]:
         """What ``_add_leaf`` reads, in its order."""
         return (
@@ -146,12 +157,7 @@ class _Arrays:
         )
         kernels.fill_groups(
             np.zeros((1, n_features + 1)),
-            self.tree_node_start,
-            self.node_parent,
-            self.node_parent_split,
-            self.node_slot,
-            self.node_left,
-            self.leaf_node,
+            *self.node_arguments(),
             *self.leaf_arguments(),
             self.tree_group_start,
             self.group_split_start,
@@ -183,12 +189,7 @@ class _Arrays:
             self.split_threshold,
             self.split_missing,
             self.split_default_left,
-            self.tree_node_start,
-            self.node_parent,
-            self.node_parent_split,
-            self.node_slot,
-            self.node_left,
-            self.leaf_node,
+            *self.node_arguments(),
             *self.leaf_arguments(),
             self.tree_rest_start,
             self.rest_leaf,
