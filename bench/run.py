@@ -308,7 +308,8 @@ def startup(uri: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             card = load.httpx_get_json(server.base + "/model")
             if card.get("backend") == "lleaves":
                 out.setdefault("compiled_after_ready_s", time.monotonic() - ready)
-                if "quick code" not in str(card.get("backend_note")):
+                note = str(card.get("backend_note"))
+                if "quick code" not in note or "optimized code failed" in note:
                     out["optimized_after_ready_s"] = time.monotonic() - ready
                     break
             if time.monotonic() > deadline:
