@@ -309,7 +309,10 @@ def startup(uri: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             if card.get("backend") == "lleaves":
                 out.setdefault("compiled_after_ready_s", time.monotonic() - ready)
                 note = str(card.get("backend_note"))
-                if "quick code" not in note or "optimized code failed" in note:
+                if "optimized code failed" in note:
+                    out["optimized_failed"] = note
+                    break
+                if "quick code" not in note:
                     out["optimized_after_ready_s"] = time.monotonic() - ready
                     break
             if time.monotonic() > deadline:
