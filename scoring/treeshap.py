@@ -76,8 +76,8 @@ class Unsupported(ValueError):
 @dataclass
 class _Arrays:
     """The forest flattened for the kernels (see ``explain_rows``): ``tree_*_start`` delimit
-    each tree's splits, nodes (splits and leaves, parents first) and leaves; indices stored per
-    node or leaf are local to its tree."""
+    each tree's splits, nodes (splits and leaves, parents first), lone leaves, ``upper`` nodes
+    and groups; split and node indices stored per node, leaf or group are local to its tree."""
 
     tree_split_start: np.ndarray
     split_feature: np.ndarray
@@ -90,7 +90,6 @@ class _Arrays:
     node_slot: np.ndarray
     """The slot, among the distinct features of the path to the node, of its parent's feature."""
     node_left: np.ndarray
-    tree_leaf_start: np.ndarray
     leaf_node: np.ndarray
     leaf_value: np.ndarray
     leaf_slot_start: np.ndarray
@@ -529,7 +528,6 @@ def _flatten(dump: dict[str, Any]) -> tuple[_Arrays, float]:
         for name in (
             "tree_split",
             "tree_node",
-            "tree_leaf",
             "leaf_slot",
             "tree_rest",
             "tree_upper",
@@ -588,7 +586,6 @@ def _flatten(dump: dict[str, Any]) -> tuple[_Arrays, float]:
                 raise Unsupported(f"trees too deep: tables over {MAX_TABLE_ENTRIES:,} entries")
         starts["tree_split"].append(len(columns["split_feature"]))
         starts["tree_node"].append(len(columns["node_parent"]))
-        starts["tree_leaf"].append(len(columns["leaf_node"]))
         starts["tree_rest"].append(len(columns["rest_leaf"]))
         starts["tree_group"].append(len(columns["group_table_start"]))
     floats = ("split_threshold", "leaf_value", "slot_zero")
