@@ -75,8 +75,13 @@ class ReloadSignal:
         except OSError:
             return ""
 
-    def announce(self) -> str:
-        token = f"{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+    @staticmethod
+    def new_token() -> str:
+        return f"{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+
+    def announce(self, token: str | None = None) -> str:
+        """Write ``token`` (a new one by default) for the other workers to see; return it."""
+        token = token or self.new_token()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
         tmp.write_text(token)
         tmp.replace(self.path)  # atomic: a reader sees the old token or the new one
@@ -321,7 +326,10 @@ class ModelHolder:
     async def announce_reload(self) -> None:
         """Tell the other workers to reload (they re-resolve the URI themselves)."""
         if self.signal is not None:
-            self._seen = await asyncio.to_thread(self.signal.announce)
+            # Seen before it is written: this worker's own follow loop, which reads the file
+            # while the write runs in a thread, must not take the announce for someone else's.
+            self._seen = token = self.signal.new_token()
+            await asyncio.to_thread(self.signal.announce, token)
 
     async def follow_reloads(self, every: float = 0.5) -> None:
         """Reload whenever another worker has announced one."""

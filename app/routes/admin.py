@@ -33,15 +33,21 @@ router = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(_
 async def reload(
     holder: HolderDep, challenger: ChallengerDep, force: bool = False
 ) -> dict[str, Any]:
-    """Re-resolve MODEL_URI (and CHALLENGER_URI); load and swap if it moved (or ``force``)."""
+    """Re-resolve MODEL_URI (and CHALLENGER_URI); load and swap if it moved (or ``force``).
+
+    "reloaded" means another model serves after this call than before it, whichever of this
+    call, polling or a concurrent reload did the swap.
+    """
+    served = holder.current
     # Tell the other workers first, so that they load side by side with this one.
     await holder.announce_reload()
     answer: dict[str, Any] = {}
     if challenger is not None:
         # The challenger's outcome is reported, never a reason to fail the champion's reload.
         await challenger.announce_reload()
+        before = challenger.current
         try:
-            moved = await challenger.reload(force)
+            moved = await challenger.reload(force) or challenger.current is not before
             answer["challenger"] = {
                 "status": "reloaded" if moved else "unchanged",
                 "version": challenger.current.version if challenger.current else None,
@@ -49,7 +55,7 @@ async def reload(
         except ModelLoadError as exc:
             answer["challenger"] = {"status": "failed", "error": str(exc)}
     try:
-        swapped = await holder.reload(force)
+        swapped = await holder.reload(force) or holder.current is not served
     except ModelLoadError as exc:
         raise ReloadFailed(f"{exc}; still serving the previous model") from None
     model = holder.require()

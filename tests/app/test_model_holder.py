@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -329,3 +330,54 @@ def test_a_swapped_out_model_is_freed(tmp_path: Path) -> None:
     gc.collect()
     assert first() is None and predictor() is None
     assert version(holder) == "3"
+
+
+def test_a_worker_never_follows_its_own_announce(tmp_path: Path) -> None:
+    registry = Registry()
+    holder = holder_on(registry, FakeClock(), tmp_path / "reload-signal")
+    holder.load()
+    assert holder.signal is not None
+    write = holder.signal.announce
+
+    def slow_write(token: str | None = None) -> str:
+        written = write(token)
+        time.sleep(0.1)  # the worker's own follow loop reads the file meanwhile
+        return written
+
+    holder.signal.announce = slow_write  # type: ignore[method-assign]
+
+    async def body() -> None:
+        registry.alias = "2"
+        await holder.announce_reload()
+        # The reload this worker was asked for is its own, not one its follow loop took first.
+        assert await holder.reload() is True
+
+    asyncio.run(running(holder.follow_reloads(0.5), body))
+    assert registry.loads == ["1", "2"]
+
+
+def test_admin_reload_says_reloaded_when_another_loop_swapped_during_the_call() -> None:
+    registry = Registry()
+    holder = holder_on(registry)
+    app = create_app(Settings(model_uri=URI, admin_token="t"), holder=holder)
+    holder.load()
+
+    async def main() -> None:
+        registry.alias, registry.gate = "2", threading.Event()
+        registry.loading.clear()
+        polled = asyncio.ensure_future(holder.reload())  # e.g. the polling loop
+        await until(registry.loading.is_set, "the poll's load to start")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            asked = asyncio.ensure_future(
+                client.post("/admin/reload", headers={"Authorization": "Bearer t"})
+            )
+            await asyncio.sleep(0.1)
+            registry.gate.set()
+            assert await polled is True
+            r = await asked
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "reloaded" and r.json()["model"]["version"] == "2"
+
+    asyncio.run(main())
+    assert registry.loads == ["1", "2"]
