@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from scoring.loading import check_model
     from scoring.model_ref import normalize_model_uri
     from scoring.tracking import tracking_uri
+    from scoring.trusted import import_lightgbm_for_serving
+
+    import_lightgbm_for_serving()
 
     if args.model_uri:
         os.environ["MODEL_URI"] = normalize_model_uri(args.model_uri)

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
 
     _api_keys: ApiKeys | None = PrivateAttr(default=None)
 
+    explain_at_load: bool = False
+    """Build the fast explanation engine (numba kernels and tables, ~140 MB and a few seconds
+    on a 1000-tree model) as each model loads. Off: the first ``/explain`` starts the build in
+    the background and LightGBM's own TreeSHAP answers (the same contributions, a few times
+    slower) until it is ready; a model never asked for explanations spends nothing on them."""
+
     model_poll_seconds: float = Field(default=0.0, ge=0)
     """Re-resolve MODEL_URI this often and swap in a new version; 0: no polling."""
 
@@ -267,7 +273,8 @@ class Settings(BaseSettings):
             cache_dir=self.compiled_cache_dir or None,
             background=self.compile_in_background,
             allow_untrusted=self.allow_untrusted_models,
-            explain=True,  # POST /explain: no request builds the explanation engine
+            explain=self.explain_at_load,
+            explain_on_demand=True,  # a request never waits for the engine's build
         )
 
     def memory_limit_bytes(self) -> int:

@@ -35,6 +35,7 @@ from scoring.errors import ServiceError
 from scoring.features import SANTANDER_FEATURES
 from scoring.loading import LoadedModel, load_model
 from scoring.predictors import Predictor
+from scoring.trusted import import_lightgbm_for_serving
 
 log = logging.getLogger("app")
 
@@ -194,6 +195,7 @@ def create_app(
 
 def serve_app() -> FastAPI:
     """The factory uvicorn runs in each worker: logging as configured, then the app."""
+    import_lightgbm_for_serving()
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
     # Fewer arenas: each thread that mallocs may otherwise get its own, kept after a burst.

@@ -597,6 +597,9 @@ def measure(
                 raise SystemExit(f"error: {key} answers differ from Booster.predict by {diff:.3g}")
             out[key + "_bytes"] = len(body)
             out[key + "_s"] = load.times_summary(load.time_posts(url, body, media, args.repeats))
+    # What the scoring runs leave (both servers alike); ours builds its explanation engine on
+    # the first /explain, which the measure below sends: measured again after it.
+    out["rss_scoring_mb"] = server.rss_bytes()[0] / 2**20
     if is_ours and full:
         out["explain"] = explain.measure(
             server.base,

@@ -41,7 +41,8 @@ class BoosterPredictor:
     Contributions come from ``scoring.treeshap`` where it matched ``pred_contrib`` to 1e-9 on
     probe rows, else from LightGBM; ``explainer_note`` says which. That is decided once: at load
     with ``explain=True`` (in the background too with ``background=True``), else by the first
-    explanation asked for.
+    explanation asked for (with ``explain_on_demand=True`` in a thread ``explaining``, LightGBM
+    explaining until it is done).
     """
 
     flavor = "lightgbm"
@@ -57,6 +58,7 @@ class BoosterPredictor:
         background: bool = False,
         *,
         explain: bool = False,
+        explain_on_demand: bool = False,
     ) -> None:
         self.booster = booster
         booster_names = list(booster.feature_name())
@@ -91,11 +93,14 @@ class BoosterPredictor:
         self._explainer: TreeShapEngine | None = None
         self._explainer_decided = False
         self._explainer_lock = threading.Lock()
+        self._explain_on_demand = explain_on_demand
+        self.explaining: threading.Thread | None = None
         self.explainer_note = "decided by the first explanation"
         if explain and background:
-            threading.Thread(
+            self.explaining = threading.Thread(
                 target=self.prepare_explanations, name="treeshap-build", daemon=True
-            ).start()
+            )
+            self.explaining.start()
         elif explain:
             self.prepare_explanations()
 
@@ -132,11 +137,20 @@ class BoosterPredictor:
         log.info("explanations: %s", self.explainer_note)
 
     def _explainer_now(self) -> TreeShapEngine | None:
-        """The fast engine once decided. Decides now when no other thread is deciding; while one
-        is (a build in the background), LightGBM explains rather than wait."""
+        """The fast engine once decided. Decides now when no other thread is deciding (on
+        demand: starts a thread that does); meanwhile LightGBM explains rather than wait."""
         if not self._explainer_decided and self._explainer_lock.acquire(blocking=False):
             try:
-                self._decide_explainer()
+                if not self._explain_on_demand:
+                    self._decide_explainer()
+                elif self.explaining is None:
+                    self.explainer_note = (
+                        "LightGBM pred_contrib explains while fast TreeSHAP builds"
+                    )
+                    self.explaining = threading.Thread(
+                        target=self.prepare_explanations, name="treeshap-build", daemon=True
+                    )
+                    self.explaining.start()
             finally:
                 self._explainer_lock.release()
         return self._explainer

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,27 @@ ALLOWLISTED_PICKLE = "allowlisted pickle"
 ALLOWLISTED_SKOPS = "allowlisted skops"
 UNTRUSTED_LIGHTGBM = "lightgbm flavor loader (untrusted allowed)"
 UNTRUSTED_PYFUNC = "pyfunc (untrusted allowed)"
+
+
+def import_lightgbm_for_serving() -> None:
+    """Import LightGBM without scikit-learn, unless either is imported already.
+
+    ``import lightgbm`` imports scikit-learn, and with it most of SciPy (~65 MB of a worker's
+    memory), for LightGBM's scikit-learn API alone, which a server never calls: it scores a
+    ``Booster``, and an ``LGBMClassifier`` is read for its Booster. With scikit-learn hidden
+    while LightGBM is imported, LightGBM builds its scikit-learn classes on its own stand-in
+    bases; a classifier model still loads (scikit-learn is imported then, for the label
+    encoder its pickle holds) and its Booster scores. For server processes only: fitting an
+    ``LGBMClassifier`` needs the real bases (training and tests import LightGBM as usual).
+    """
+    if "lightgbm" in sys.modules or "sklearn" in sys.modules:
+        return
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # makes "import sklearn" fail
+    try:
+        import lightgbm  # noqa: F401
+    finally:
+        del sys.modules["sklearn"]
+
 
 BOOSTER_CLASS = "lightgbm.basic.Booster"
 CLASSIFIER_CLASS = "lightgbm.sklearn.LGBMClassifier"

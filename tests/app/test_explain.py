@@ -103,11 +103,40 @@ def test_the_fast_engine_explains_the_served_models(
     which: str, request: pytest.FixtureRequest
 ) -> None:
     """Both served models are explained by ``scoring.treeshap`` (the tests above hold its
-    answers to LightGBM's), built when the model loaded (in the background, as lleaves)."""
+    answers to LightGBM's) once built."""
     client: TestClient = request.getfixturevalue(which)
     predictor = client.app.state.holder.current.predictor  # type: ignore[attr-defined]
-    predictor.prepare_explanations()  # waits for the build started at load
+    predictor.prepare_explanations()  # waits for a build under way, or builds
     assert predictor.explainer_note.startswith("fast TreeSHAP explains"), predictor.explainer_note
+
+
+@pytest.mark.parametrize("at_load", [False, True])
+def test_the_fast_engine_is_built_on_the_first_explanation_unless_asked_at_load(
+    booster_model: LoggedModel, at_load: bool
+) -> None:
+    """By default a model spends nothing on explanations until the first ``/explain``, which
+    LightGBM answers while the fast engine builds in the background; both answers are the
+    same contributions. ``EXPLAIN_AT_LOAD`` builds it as the model loads."""
+    settings = Settings(model_uri=booster_model.model_uri, explain_at_load=at_load)
+    body = booster_model.frame.iloc[:3].to_json(orient="split")
+    native = mlflow.lightgbm.load_model(booster_model.model_uri).predict(
+        booster_model.frame.iloc[:3].to_numpy(), pred_contrib=True
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        predictor = client.app.state.holder.current.predictor  # type: ignore[attr-defined]
+        if at_load:
+            assert predictor.explaining is not None  # started as the model loaded
+        else:
+            assert predictor.explaining is None
+            assert predictor.explainer_note == "decided by the first explanation"
+        first = _post(client, "/explain", body)
+        assert first.status_code == 200, first.text[:300]
+        assert predictor.explaining is not None
+        predictor.explaining.join(120)
+        assert predictor.explainer_note.startswith("fast TreeSHAP explains")
+        second = _post(client, "/explain", body).json()
+    for answer in (first.json(), second):
+        np.testing.assert_allclose(answer["contributions"], native[:, :-1], rtol=0, atol=1e-9)
 
 
 HOSTILE = {name: (c.body, c.headers) for name, c in REFUSED.items()}

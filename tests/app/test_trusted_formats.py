@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import subprocess
 from pathlib import Path
 
 import cloudpickle
@@ -21,7 +23,7 @@ from scoring.errors import ModelLoadError
 from scoring.loading import LoadOptions, build_predictor
 from scoring.trusted import PICKLE_ALLOWLIST, UntrustedModel, allowlisted_loads
 from tests.conftest import LoggedModel
-from tests.helpers import make_frame
+from tests.helpers import PYTHON, make_frame
 
 JSON = {"content-type": "application/json"}
 
@@ -136,3 +138,57 @@ def test_a_booster_loads_from_native_text(booster_model: LoggedModel) -> None:
         np.testing.assert_allclose(
             r.json()["predictions"], booster_model.expected, rtol=0, atol=1e-12
         )
+
+
+LEAN_PROCESS = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from scoring.trusted import import_lightgbm_for_serving
+from scoring.loading import LoadOptions, build_predictor
+
+import_lightgbm_for_serving()
+rows = np.load(sys.argv[1])
+out = {"sklearn_at_import": "sklearn" in sys.modules}
+for folder in sys.argv[2:]:
+    predictor = build_predictor(Path(folder), LoadOptions(compiled=False), folder)
+    out[Path(folder).name] = {
+        "loading": predictor.loading,
+        "predictions": predictor.predict(rows, 1).tolist(),
+        "sklearn": "sklearn" in sys.modules,
+    }
+print(json.dumps(out))
+"""
+
+
+def test_a_server_process_imports_lightgbm_without_sklearn_and_reads_every_format(
+    classifier: lgb.LGBMClassifier, tmp_path: Path
+) -> None:
+    """What ``python -m app`` and each worker do: LightGBM imported without scikit-learn (its
+    memory spared); a Booster then loads without it, and a classifier in every format still
+    loads (scikit-learn imported then) and scores as the fitted classifier does."""
+    rows, _ = make_frame(30, seed=14)
+    x = np.ascontiguousarray(rows.to_numpy(dtype=np.float64))
+    np.save(tmp_path / "rows.npy", x)
+    folders = [tmp_path / "booster"]
+    mlflow.lightgbm.save_model(classifier.booster_, str(folders[0]))
+    for fmt in ("pickle", "cloudpickle", "skops"):
+        folders.append(tmp_path / fmt)
+        mlflow.lightgbm.save_model(classifier, str(folders[-1]), serialization_format=fmt)
+    done = subprocess.run(
+        [PYTHON, "-c", LEAN_PROCESS, str(tmp_path / "rows.npy"), *map(str, folders)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["sklearn_at_import"] is False
+    assert out["booster"]["sklearn"] is False  # a Booster never needs it
+    assert out["booster"]["loading"] == "lightgbm native text"
+    expected = classifier.predict_proba(x)[:, 1]
+    for name in ("booster", "pickle", "cloudpickle", "skops"):
+        np.testing.assert_allclose(out[name]["predictions"], expected, rtol=0, atol=1e-12)
+    assert out["skops"]["loading"] == "allowlisted skops"
+    assert out["pickle"]["loading"] == out["cloudpickle"]["loading"] == "allowlisted pickle"

@@ -38,7 +38,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
         assert results[server]["c1"]["requests"] > 0 and results[server]["c1"]["errors"] == 0
         assert results[server]["cn"]["requests"] > 0
         assert results[server]["big_json_s"]["median"] > 0
-        assert results[server]["rss_mb"] > 0
+        assert results[server]["rss_mb"] > 0 and results[server]["rss_scoring_mb"] > 0
     assert results["ours"]["big_arrow_s"]["median"] > 0
     assert results["ours"]["big_parquet_s"]["median"] > 0
     assert results["floor"]["lightgbm_all_s"] > 0
