@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,37 @@ ROWS = 1_000
 TOLERANCE = 1e-9
 ONE_ROW_TARGET = 3.0  # x the one-row /invocations p50
 ROWS_TARGET_S = 1.0
+
+
+ENGINE_WAIT_SECONDS = 300
+
+
+def _check(url: str, rows: bytes, expected: np.ndarray) -> tuple[float, int]:
+    """Exit (status 1) unless each row's contributions add up to the logit of ``expected``;
+    else the largest gap and the rows checked."""
+    answer = load.post(url, rows, JSON)
+    answer.raise_for_status()
+    data = answer.json()
+    sums = data["base_value"] + np.sum(np.asarray(data["contributions"]), axis=1)
+    p = np.asarray(expected[: len(sums)], dtype=np.float64)
+    gap = float(np.max(np.abs(sums - np.log(p / (1 - p)))))
+    if not gap <= TOLERANCE:
+        raise SystemExit(f"error: /explain contributions miss the logit by {gap:.3g}")
+    return gap, len(sums)
+
+
+def _wait_for_engine(base: str) -> float:
+    """Seconds until ``/model`` says the explanation engine is decided (it is built in the
+    background after the first ``/explain``): the figures below are the engine's, not
+    LightGBM's that answers meanwhile."""
+    started = time.monotonic()
+    while True:
+        note = str(load.httpx_get_json(base + "/model").get("explainer"))
+        if "while" not in note and "decided by" not in note:
+            return time.monotonic() - started
+        if time.monotonic() - started > ENGINE_WAIT_SECONDS:
+            raise SystemExit(f"error: the explanation engine is not ready: {note}")
+        time.sleep(0.25)
 
 
 def measure(
@@ -46,14 +78,9 @@ def measure(
     ``/invocations`` in turn, ``load.interleaved``, for the ratio) and the ``rows`` body (median
     of ``repeats``)."""
     url = base + "/explain"
-    answer = load.post(url, rows, JSON)
-    answer.raise_for_status()
-    data = answer.json()
-    sums = data["base_value"] + np.sum(np.asarray(data["contributions"]), axis=1)
-    p = np.asarray(expected[: len(sums)], dtype=np.float64)
-    gap = float(np.max(np.abs(sums - np.log(p / (1 - p)))))
-    if not gap <= TOLERANCE:
-        raise SystemExit(f"error: /explain contributions miss the logit by {gap:.3g}")
+    first_gap, _ = _check(url, rows, expected)  # the first /explain starts the engine's build
+    engine_ready_s = _wait_for_engine(base)
+    gap, checked = _check(url, rows, expected)  # and the engine's own answers
     c1 = load.run_wrk(
         wrk,
         url,
@@ -72,8 +99,9 @@ def measure(
     )
     p50 = {name: float(np.median(seconds)) * 1000 for name, seconds in taken.items()}
     return {
-        "check_max_abs_logit_gap": gap,
-        "rows": len(sums),
+        "check_max_abs_logit_gap": max(first_gap, gap),
+        "rows": checked,
+        "engine_ready_s": engine_ready_s,
         "c1": vars(c1) | {"rps": c1.rps},
         "in_turn": {
             "requests": len(taken["explain"]),
@@ -125,7 +153,9 @@ def render(r: dict[str, Any]) -> list[str]:
             else []
         ),
         f"Contributions checked: base value + sum = logit of in-process `Booster.predict` to "
-        f"{explain['check_max_abs_logit_gap']:.2g} on {explain['rows']:,} rows.",
+        f"{explain['check_max_abs_logit_gap']:.2g} on {explain['rows']:,} rows, from LightGBM "
+        f"(the first /explain) and from the fast engine, built in the background "
+        f"{explain.get('engine_ready_s', float('nan')):.1f} s after it.",
         "",
     ]
 

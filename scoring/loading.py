@@ -99,6 +99,7 @@ class LoadedModel:
             "backend": getattr(self.predictor, "backend", self.predictor.flavor),
             "backend_note": getattr(self.predictor, "backend_note", None),
             "loading": getattr(self.predictor, "loading", None),
+            "explainer": getattr(self.predictor, "explainer_note", None),
             "features": list(self.predictor.features),
             "metrics": self.metrics,
             "params": self.params,

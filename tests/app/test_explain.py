@@ -128,12 +128,13 @@ def test_the_fast_engine_is_built_on_the_first_explanation_unless_asked_at_load(
             assert predictor.explaining is not None  # started as the model loaded
         else:
             assert predictor.explaining is None
-            assert predictor.explainer_note == "decided by the first explanation"
+            card = client.get("/model").json()
+            assert card["explainer"] == "decided by the first explanation"
         first = _post(client, "/explain", body)
         assert first.status_code == 200, first.text[:300]
         assert predictor.explaining is not None
         predictor.explaining.join(120)
-        assert predictor.explainer_note.startswith("fast TreeSHAP explains")
+        assert client.get("/model").json()["explainer"].startswith("fast TreeSHAP explains")
         second = _post(client, "/explain", body).json()
     for answer in (first.json(), second):
         np.testing.assert_allclose(answer["contributions"], native[:, :-1], rtol=0, atol=1e-9)

@@ -62,7 +62,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert explain["check_max_abs_logit_gap"] <= 1e-9 and explain["rows"] == 50
     assert explain["c1"]["requests"] > 0 and explain["c1"]["errors"] == 0
     assert explain["in_turn"]["requests"] > 0 and explain["in_turn"]["explain_p50_ms"] > 0
-    assert explain["rows_s"]["median"] > 0
+    assert explain["rows_s"]["median"] > 0 and explain["engine_ready_s"] >= 0
 
     table = (out / "latest.md").read_text()
     assert "| 1 row, 1 connection: p50 latency (ms) |" in table
