@@ -53,6 +53,11 @@ class ModelCard(BaseModel):
         description="How the model was read: lightgbm native text, allowlisted pickle, "
         "allowlisted skops, or pyfunc (untrusted allowed)",
     )
+    explainer: str | None = Field(
+        default=None,
+        description="What answers /explain: LightGBM's own TreeSHAP, or the fast engine once "
+        "built (after the first /explain, or at load with EXPLAIN_AT_LOAD)",
+    )
     features: list[str]
     metrics: dict[str, float]
     params: dict[str, str]
