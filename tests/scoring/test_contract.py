@@ -108,6 +108,40 @@ def test_the_plain_path_really_takes_small_plain_split_bodies() -> None:
         assert decode._plain_split(body, FEATURES, max_rows) is None, what
 
 
+def test_the_canonical_path_takes_what_pandas_writes_and_declines_the_rest() -> None:
+    """``DataFrame.to_json(orient="split")`` byte for byte (with or without its index) is read
+    without parsing the column names; anything else is declined and read as before."""
+    frame, _ = make_frame(3, seed=2)
+    frame.iloc[0, 7] = np.nan
+    plain = frame.to_json(orient="split").encode()
+    no_index = decode.orjson.dumps({"columns": FEATURES, "data": frame.to_numpy().tolist()})
+    for body in (plain, no_index):
+        x = decode._canonical_split(body, FEATURES, MAX_ROWS)
+        assert x is not None
+        np.testing.assert_array_equal(x, frame.to_numpy(dtype=np.float64))
+    declined = {
+        "spaces": decode.orjson.dumps(frame.to_dict(orient="split")).replace(b":", b": "),
+        "index after data": plain.replace(b'"index":[0,1,2],', b"", 1)[:-1] + b',"index":[0,1,2]}',
+        "a key twice": plain.replace(b'"data":', b'"data":[],"data":', 1),
+        "index twice": plain.replace(b'"index"', b'"index":[0,1,2],"index"', 1),
+        "nested index": plain.replace(b'"index":[0,1,2]', b'"index":[[0],[1],[2]]', 1),
+        "a bracket in an index string": plain.replace(b'"index":[0,1,2]', b'"index":["]",1,2]', 1),
+        "an object index": plain.replace(b'"index":[0,1,2]', b'"index":{"a":1}', 1),
+        "index too short": plain.replace(b'"index":[0,1,2]', b'"index":[0,1]', 1),
+        "a trailing space": plain + b" ",
+        "integers": no_index.replace(b"null", b"1", 1),
+        "a string value": plain.replace(b"null", b'"1.5"', 1),
+        "columns reordered": frame[list(reversed(FEATURES))].to_json(orient="split").encode(),
+    }
+    for what, body in declined.items():
+        assert decode._canonical_split(body, FEATURES, MAX_ROWS) is None, what
+    # The general path still reads what it read before; the contract decides the rest.
+    assert decode._plain_split(declined["spaces"], FEATURES, MAX_ROWS) is not None
+    assert decode._plain_split(declined["index after data"], FEATURES, MAX_ROWS) is not None
+    for what in ("a key twice", "index twice", "an object index", "a string value"):
+        assert decode._plain_split(declined[what], FEATURES, MAX_ROWS) is None, what
+
+
 def test_missing_values_are_nan_and_values_land_in_model_order() -> None:
     reordered = list(reversed(FEATURES))
     body = decode.orjson.dumps(
