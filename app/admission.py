@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from app.observability import Metrics
@@ -12,11 +10,23 @@ from scoring.errors import Overloaded
 
 
 class Slot:
-    """One place among the scoring requests in progress; given back when its work ends."""
+    """One place among the scoring requests in progress; given back when its block ends,
+    unless handed over to work that outlives it (then when that work ends).
+
+    A class, not a generator context manager: this runs on every request."""
+
+    __slots__ = ("_handed_over", "_owner")
 
     def __init__(self, owner: InFlight) -> None:
         self._owner = owner
         self._handed_over = False
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if not self._handed_over:
+            self._owner.leave()
 
     def release_when_done(self, work: asyncio.Future[Any]) -> None:
         """Keep the slot until ``work`` ends, even if the client was answered (504) before."""
@@ -32,9 +42,9 @@ class InFlight:
         self.count = 0
         self.metrics = metrics
 
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[Slot]:
-        """A slot for one request, or ``Overloaded`` (503 + Retry-After) when all are taken.
+    def slot(self) -> Slot:
+        """A slot for one request (``with in_flight.slot() as slot:``), or ``Overloaded`` (503 +
+        Retry-After) when all are taken.
 
         Released when the block ends, on every path, unless handed over to background work.
         """
@@ -43,12 +53,7 @@ class InFlight:
             raise Overloaded(f"{self.count} requests in progress; retry shortly")
         self.count += 1
         self.metrics.in_progress.inc()
-        slot = Slot(self)
-        try:
-            yield slot
-        finally:
-            if not slot._handed_over:
-                self.leave()
+        return Slot(self)
 
     def leave(self) -> None:
         self.count -= 1

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -65,31 +67,38 @@ async def read_body(
     size = 0
     covered = declared if declared is not None else 0
     receive = request.receive
+    # Not asyncio.timeout (a timer made and cancelled per request, ~5-9 us of a one-row
+    # request): the loop's ``BodyDeadlines`` checks every request's deadline on one timer. The
+    # ASGI messages are read here rather than through ``request.stream()``: a body that came
+    # in one message (every small request) costs one await.
+    deadlines = BodyDeadlines.of(loop)
+    task = asyncio.current_task()
+    assert task is not None
+    deadlines.watch(task, deadline(0))
     try:
-        # asyncio.timeout, not wait_for: no extra task per request on the hot path. The ASGI
-        # messages are read here rather than through ``request.stream()``: a body that came in
-        # one message (every small request) then costs one await and no timer changes.
-        async with asyncio.timeout_at(deadline(0)) as timer:
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnect()
-                chunk = message.get("body", b"")
-                more = message.get("more_body", False)
-                if not chunk:
-                    continue
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
-                if reservation is not None and size > covered:
-                    step = max(CHUNKED_STEP, size - covered)
-                    reservation.grow(need_bytes(reservation.kind, step) - PER_REQUEST_BYTES)
-                    covered += step
-                chunks.append(chunk)
-                if more:
-                    timer.reschedule(deadline(size))
-    except TimeoutError:
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            if not chunk:
+                continue
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+            if reservation is not None and size > covered:
+                step = max(CHUNKED_STEP, size - covered)
+                reservation.grow(need_bytes(reservation.kind, step) - PER_REQUEST_BYTES)
+                covered += step
+            chunks.append(chunk)
+            if more:
+                deadlines.watch(task, deadline(size))
+    except asyncio.CancelledError:
+        if not deadlines.forget(task):
+            raise  # cancelled by someone else: not a timeout
+        task.uncancel()
         if loop.time() < last - 0.05:
             metrics.bodies_cut.labels("too_slow").inc()
             raise BodyTimeout(
@@ -100,7 +109,67 @@ async def read_body(
         raise BodyTimeout(
             f"the body did not arrive within {settings.body_timeout_seconds:g}s"
         ) from None
+    finally:
+        deadlines.forget(task)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class BodyDeadlines:
+    """The body-read deadlines of one event loop's requests, checked every ``TICK_SECONDS``
+    by one timer: a request past its deadline is cancelled, and ``read_body`` turns that into
+    its 408 (``forget`` says whether the deadline cancelled it). Deadlines are kept to within
+    a tick; the timer runs only while some body is being read."""
+
+    TICK_SECONDS = 0.05
+    _last: tuple[asyncio.AbstractEventLoop, BodyDeadlines] | None = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.when: dict[asyncio.Task[Any], float] = {}
+        self.expired: set[asyncio.Task[Any]] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> BodyDeadlines:
+        """The loop's deadlines (one loop per worker; tests make several, one after another)."""
+        last = cls._last
+        if last is not None and last[0] is loop:
+            return last[1]
+        found = _DEADLINES.get(loop)
+        if found is None:
+            found = _DEADLINES[loop] = cls(loop)
+        cls._last = (loop, found)
+        return found
+
+    def watch(self, task: asyncio.Task[Any], when: float) -> None:
+        """Cancel ``task`` once ``loop.time()`` passes ``when`` (a later call moves it)."""
+        self.when[task] = when
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.TICK_SECONDS, self._tick)
+
+    def forget(self, task: asyncio.Task[Any]) -> bool:
+        """Stop watching ``task``; whether its deadline had cancelled it."""
+        self.when.pop(task, None)
+        if task in self.expired:
+            self.expired.discard(task)
+            return True
+        return False
+
+    def _tick(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        for task, when in list(self.when.items()):
+            if when <= now:
+                del self.when[task]
+                self.expired.add(task)
+                task.cancel()
+        if self.when:
+            self.timer = self.loop.call_later(self.TICK_SECONDS, self._tick)
+
+
+_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BodyDeadlines] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def reserve_decoded(body: bytes, kind: str, reservation: Reservation) -> None:

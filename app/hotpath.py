@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 
 from app.auth import ApiKeys
 from app.challenger import routed_to_challenger
@@ -35,6 +36,49 @@ INVOCATIONS = "/invocations"
 EXPLAIN = "/explain"
 MAX_TOP = 10_000
 """The largest ``top`` of ``/explain`` (the route's query validation says the same)."""
+
+
+class IndexedHeaders(Headers):
+    """Starlette's request ``Headers``, looked up in a dict made on the first lookup.
+
+    ``Headers`` scans and decodes the header list on every lookup, and a missing header costs
+    a ``KeyError`` on top; a scoring request looks up five or six (content type and length,
+    twice each, authorization, the routing key). Same answers: the first of repeated headers.
+    """
+
+    _index: dict[str, str] | None = None
+
+    def _lookup(self) -> dict[str, str]:
+        index = self._index
+        if index is None:
+            index = {}
+            for key, value in self._list:
+                index.setdefault(key.decode("latin-1"), value.decode("latin-1"))
+            self._index = index
+        return index
+
+    def __getitem__(self, key: str) -> str:
+        try:
+            return self._lookup()[key.lower()]
+        except KeyError:
+            raise KeyError(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._lookup().get(key.lower(), default)
+
+    def __contains__(self, key: Any) -> bool:
+        return isinstance(key, str) and key.lower() in self._lookup()
+
+
+class HotRequest(Request):
+    """A ``Request`` whose headers are ``IndexedHeaders``."""
+
+    @property
+    def headers(self) -> Headers:
+        headers = getattr(self, "_headers", None)
+        if headers is None:
+            headers = self._headers = IndexedHeaders(scope=self.scope)
+        return headers
 
 
 def error_response(method: str, exc: ServiceError) -> JSONResponse:
@@ -166,7 +210,7 @@ class HotPath:
             await self.app(scope, receive, send)
             return
         scope["route"] = self.routes[path]
-        request = Request(scope, receive)
+        request = HotRequest(scope, receive)
         try:
             check_api_key(request, bearer_token(request.headers.get("authorization")))
             if path == INVOCATIONS:

@@ -229,3 +229,30 @@ def test_unknown_route_and_method_are_json(client: TestClient) -> None:
     assert r.status_code == 404 and r.json()["error_code"] == "NOT_FOUND"
     r = client.get("/invocations")
     assert r.status_code == 405 and r.json()["error_code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_the_hot_paths_headers_answer_as_starlettes() -> None:
+    """``IndexedHeaders`` (one dict per request) gives what Starlette's ``Headers`` gives:
+    any case, the first of a repeated header, ``None`` or ``KeyError`` for a missing one."""
+    from starlette.datastructures import Headers
+
+    from app.hotpath import IndexedHeaders
+
+    raw = [
+        (b"host", b"x"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"12"),
+        (b"x-routing-key", b"first"),
+        (b"x-routing-key", b"second"),
+    ]
+    ours, theirs = IndexedHeaders(scope={"headers": list(raw)}), Headers(raw=list(raw))
+    for key in ("Content-Type", "content-length", "X-Routing-Key", "authorization", "HOST"):
+        assert ours.get(key) == theirs.get(key) and (key in ours) == (key in theirs), key
+        assert ours.get(key, "-") == theirs.get(key, "-")
+        if key in theirs:
+            assert ours[key] == theirs[key]
+        else:
+            with pytest.raises(KeyError):
+                ours[key]
+    assert ours.getlist("x-routing-key") == theirs.getlist("x-routing-key") == ["first", "second"]
+    assert list(ours.items()) == list(theirs.items()) and ours.raw == theirs.raw
