@@ -166,10 +166,12 @@ class MemoryBudget:
         )
         self._trimming = False
         self._trim_timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         metrics.memory_limit.set(limit)
 
     def start(self) -> None:
         """Measure the idle worker (model loaded) that the budget is counted from."""
+        self._loop = asyncio.get_running_loop()
         if self.trim:
             trim_memory()
         self.baseline = self.idle_rss = rss_bytes()
@@ -328,6 +330,15 @@ class MemoryBudget:
     def remeasure(self) -> None:
         """The model changed: count the budget from the worker's new idle size."""
         self._measure_idle()
+
+    def remeasure_soon(self) -> None:
+        """``remeasure`` from any thread (work a model finished in the background: compiled
+        trees, the explanation engine, ~140 MB): on the loop, as the budget's other steps."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.remeasure()
+        else:
+            loop.call_soon_threadsafe(self.remeasure)
 
     def _measure_idle(self) -> None:
         if self.reserved_big == 0:

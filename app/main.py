@@ -69,6 +69,15 @@ def create_app(
     holder.on_failure.append(lambda cause: metrics.load_failures.inc())
     admission = Admission(settings, metrics)
     holder.on_swap.append(lambda new, old: admission.memory.remeasure())
+
+    # What a model builds later in a thread (compiled trees, the explanation engine on the
+    # first /explain) counts in the budget too.
+    def count_later_work(new: LoadedModel, old: LoadedModel | None) -> None:
+        hooks = getattr(new.predictor, "on_ready", None)
+        if hooks is not None:
+            hooks.append(admission.memory.remeasure_soon)
+
+    holder.on_swap.append(count_later_work)
     challenger: ModelHolder | None = None
     shadow: Shadow | None = None
     if settings.challenger_uri:

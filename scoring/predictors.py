@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -78,6 +79,9 @@ class BoosterPredictor:
         self.backend_note = "LightGBM Booster.predict (compiled predictor off)"
         self._compiled: CompiledForest | None = None
         self.compiling: threading.Thread | None = None
+        self.on_ready: list[Callable[[], None]] = []
+        """Called (in the building thread) when work a thread finished changed what the model
+        holds: compiled trees swapped in, the explanation engine decided."""
         if compiled and background:
             # Compiling a big forest takes minutes: serve with LightGBM meanwhile, switch after.
             self.backend_note = "LightGBM Booster.predict while lleaves compiles in the background"
@@ -123,6 +127,14 @@ class BoosterPredictor:
             note = f"{self._compiled.describe()} (the optimized code failed: {note})"
         self.backend_note = note
         log.info("scoring backend: %s", note)
+        self._ready()
+
+    def _ready(self) -> None:
+        for hook in self.on_ready:
+            try:
+                hook()
+            except Exception:  # a hook must not undo the work: say it, go on
+                log.exception("a hook after background work failed")
 
     def prepare_explanations(self) -> None:
         """Decide which engine explains (build and check the fast one), unless done already."""
@@ -135,6 +147,7 @@ class BoosterPredictor:
         self._explainer, self.explainer_note = build_engine(self.booster)
         self._explainer_decided = True
         log.info("explanations: %s", self.explainer_note)
+        self._ready()
 
     def _explainer_now(self) -> TreeShapEngine | None:
         """The fast engine once decided. Decides now when no other thread is deciding (on

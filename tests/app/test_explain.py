@@ -133,7 +133,10 @@ def test_the_fast_engine_is_built_on_the_first_explanation_unless_asked_at_load(
     """By default a model spends nothing on explanations until the first ``/explain``, which
     LightGBM answers while the fast engine builds in the background; both answers are the
     same contributions. ``EXPLAIN_AT_LOAD`` builds it as the model loads."""
-    settings = Settings(model_uri=booster_model.model_uri, explain_at_load=at_load)
+    # No compiled trees: their background compile would remeasure the budget too.
+    settings = Settings(
+        model_uri=booster_model.model_uri, explain_at_load=at_load, compiled_predictor=False
+    )
     body = booster_model.frame.iloc[:3].to_json(orient="split")
     native = mlflow.lightgbm.load_model(booster_model.model_uri).predict(
         booster_model.frame.iloc[:3].to_numpy(), pred_contrib=True
@@ -146,10 +149,16 @@ def test_the_fast_engine_is_built_on_the_first_explanation_unless_asked_at_load(
             assert predictor.explaining is None
             card = client.get("/model").json()
             assert card["explainer"] == "decided by the first explanation"
+        memory = client.app.state.admission.memory  # type: ignore[attr-defined]
+        remeasured = []
+        memory.remeasure = lambda: remeasured.append(1)  # what the budget counts from
         first = _post(client, "/explain", body)
         assert first.status_code == 200, first.text[:300]
         assert predictor.explaining is not None
         predictor.explaining.join(120)
+        client.get("/health/live")  # the loop has run the remeasure the build asked for
+        if not at_load:
+            assert remeasured, "the engine's memory was not counted in the budget"
         assert client.get("/model").json()["explainer"].startswith("fast TreeSHAP explains")
         second = _post(client, "/explain", body).json()
     for answer in (first.json(), second):
