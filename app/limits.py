@@ -30,6 +30,7 @@ import ctypes.util
 import functools
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,7 +99,18 @@ def limit_arenas(arenas: int) -> bool:
 
 
 def trim_memory() -> bool:
-    """Give the free memory at the top of glibc's heaps and in its arenas back to the system."""
+    """Give freed memory back to the system: what Arrow's memory pool keeps, and the free
+    memory at the top of glibc's heaps and in its arenas.
+
+    Arrow allocates through its own pool (mimalloc or jemalloc), which keeps what Parquet and
+    Arrow bodies freed until told: ~75 MB after a few 10,000-row Parquet bodies, that
+    ``malloc_trim`` does not reach. Arrow is only asked if a body already imported it."""
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None:
+        try:
+            arrow.default_memory_pool().release_unused()
+        except Exception:  # an older or unusual build: glibc's trim still runs
+            log.debug("Arrow's memory pool kept its memory", exc_info=True)
     libc = _glibc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
 
