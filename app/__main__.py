@@ -49,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     from scoring.tracking import tracking_uri
     from scoring.trusted import import_lightgbm_for_serving
 
-    import_lightgbm_for_serving()
-
     if args.model_uri:
         os.environ["MODEL_URI"] = normalize_model_uri(args.model_uri)
     if args.workers:
@@ -70,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.model_uri:
         print("error: no model given: pass --model-uri or set MODEL_URI", file=sys.stderr)
         return 2
+    import_lightgbm_for_serving(settings.allow_untrusted_models)
     if not settings.model_load_retry:
         try:
             flavors = check_model(settings.model_uri, settings.load_options())

@@ -204,8 +204,8 @@ def create_app(
 
 def serve_app() -> FastAPI:
     """The factory uvicorn runs in each worker: logging as configured, then the app."""
-    import_lightgbm_for_serving()
     settings = get_settings()
+    import_lightgbm_for_serving(settings.allow_untrusted_models)
     configure_logging(settings.log_format, settings.log_level)
     # Fewer arenas: each thread that mallocs may otherwise get its own, kept after a burst.
     limit_arenas(settings.malloc_arena_max)

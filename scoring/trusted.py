@@ -32,8 +32,9 @@ UNTRUSTED_LIGHTGBM = "lightgbm flavor loader (untrusted allowed)"
 UNTRUSTED_PYFUNC = "pyfunc (untrusted allowed)"
 
 
-def import_lightgbm_for_serving() -> None:
-    """Import LightGBM without scikit-learn, unless either is imported already.
+def import_lightgbm_for_serving(untrusted_allowed: bool = False) -> None:
+    """Import LightGBM without scikit-learn, unless either is imported already or untrusted
+    models are allowed.
 
     ``import lightgbm`` imports scikit-learn, and with it most of SciPy (~65 MB of a worker's
     memory), for LightGBM's scikit-learn API alone, which a server never calls: it scores a
@@ -41,9 +42,12 @@ def import_lightgbm_for_serving() -> None:
     while LightGBM is imported, LightGBM builds its scikit-learn classes on its own stand-in
     bases; a classifier model still loads (scikit-learn is imported then, for the label
     encoder its pickle holds) and its Booster scores. For server processes only: fitting an
-    ``LGBMClassifier`` needs the real bases (training and tests import LightGBM as usual).
+    ``LGBMClassifier`` needs the real bases (training and tests import LightGBM as usual), and
+    so may an untrusted python-function model (a scikit-learn pipeline around a classifier
+    calls the classifier's scikit-learn methods): with ``untrusted_allowed`` LightGBM is left
+    to import as usual.
     """
-    if "lightgbm" in sys.modules or "sklearn" in sys.modules:
+    if untrusted_allowed or "lightgbm" in sys.modules or "sklearn" in sys.modules:
         return
     sys.modules["sklearn"] = None  # type: ignore[assignment]  # makes "import sklearn" fail
     try:

@@ -147,7 +147,9 @@ import numpy as np
 from scoring.trusted import import_lightgbm_for_serving
 from scoring.loading import LoadOptions, build_predictor
 
-import_lightgbm_for_serving()
+import_lightgbm_for_serving(untrusted_allowed=True)  # leaves LightGBM to import as usual
+assert "lightgbm" not in sys.modules
+import_lightgbm_for_serving(untrusted_allowed=False)
 rows = np.load(sys.argv[1])
 out = {"sklearn_at_import": "sklearn" in sys.modules}
 for folder in sys.argv[2:]:
