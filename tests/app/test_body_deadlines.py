@@ -41,7 +41,7 @@ def test_a_stalled_body_gets_its_timeout_and_a_whole_one_is_read() -> None:
         with pytest.raises(BodyTimeout, match=r"did not arrive within 0\.3s"):
             await read_body(_request([b"ab"], True), settings, metrics)
         waited = time.monotonic() - started
-        assert 0.3 <= waited < 0.3 + 2 * BodyDeadlines.TICK_SECONDS + 0.2
+        assert 0.3 <= waited < 2.0  # a tick after the deadline; slack for a busy machine
         # The task is usable after the 408: its cancel was taken back.
         task = asyncio.current_task()
         assert task is not None and task.cancelling() == 0
@@ -78,6 +78,6 @@ def test_a_slow_body_gets_the_minimum_rate_refusal() -> None:
         started = time.monotonic()
         with pytest.raises(BodyTimeout, match="the minimum is 1000 bytes/s"):
             await read_body(_request([b"x" * 10], True), settings, Metrics(None))
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 3.0  # the grace period, not the 30 s limit
 
     asyncio.run(main())

@@ -372,7 +372,8 @@ def test_admin_reload_says_reloaded_when_another_loop_swapped_during_the_call() 
             asked = asyncio.ensure_future(
                 client.post("/admin/reload", headers={"Authorization": "Bearer t"})
             )
-            await asyncio.sleep(0.1)
+            # The admin call has noted what it served and waits behind the poll's load.
+            await until(lambda: holder._asked >= 2, "the admin reload to be asked")
             registry.gate.set()
             assert await polled is True
             r = await asked
