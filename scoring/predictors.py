@@ -101,10 +101,7 @@ class BoosterPredictor:
         self.explaining: threading.Thread | None = None
         self.explainer_note = "decided by the first explanation"
         if explain and background:
-            self.explaining = threading.Thread(
-                target=self.prepare_explanations, name="treeshap-build", daemon=True
-            )
-            self.explaining.start()
+            self._build_explainer_in_background()
         elif explain:
             self.prepare_explanations()
 
@@ -160,13 +157,16 @@ class BoosterPredictor:
                     self.explainer_note = (
                         "LightGBM pred_contrib explains while fast TreeSHAP builds"
                     )
-                    self.explaining = threading.Thread(
-                        target=self.prepare_explanations, name="treeshap-build", daemon=True
-                    )
-                    self.explaining.start()
+                    self._build_explainer_in_background()
             finally:
                 self._explainer_lock.release()
         return self._explainer
+
+    def _build_explainer_in_background(self) -> None:
+        self.explaining = threading.Thread(
+            target=self.prepare_explanations, name="treeshap-build", daemon=True
+        )
+        self.explaining.start()
 
     def wait_compiled(self, timeout: float | None = None) -> bool:
         """Wait for a background compilation; whether the compiled forest now scores."""
