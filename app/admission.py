@@ -35,12 +35,16 @@ class Slot:
 
 
 class InFlight:
-    """Counts scoring work in progress, including work whose client was already answered 504."""
+    """Counts scoring work in progress, including work whose client was already answered 504.
+
+    The ``requests_in_progress`` gauge reads ``count`` whenever the metrics are flushed
+    (``Tally.sample``), not on every change."""
 
     def __init__(self, limit: int, metrics: Metrics) -> None:
         self.limit = limit
         self.count = 0
         self.metrics = metrics
+        metrics.tally.sample(metrics.in_progress, lambda: self.count)
 
     def slot(self) -> Slot:
         """A slot for one request (``with in_flight.slot() as slot:``), or ``Overloaded`` (503 +
@@ -52,9 +56,7 @@ class InFlight:
             self.metrics.shed.inc()
             raise Overloaded(f"{self.count} requests in progress; retry shortly")
         self.count += 1
-        self.metrics.in_progress.inc()
         return Slot(self)
 
     def leave(self) -> None:
         self.count -= 1
-        self.metrics.in_progress.dec()

@@ -180,6 +180,7 @@ class MemoryBudget:
         self._trim_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         metrics.memory_limit.set(limit)
+        metrics.tally.sample(metrics.memory_reserved, lambda: self.reserved)
 
     def start(self) -> None:
         """Measure the idle worker (model loaded) that the budget is counted from."""
@@ -219,7 +220,6 @@ class MemoryBudget:
         self.reserved += r.nbytes
         if not r.small:
             self.reserved_big += r.nbytes
-        self.metrics.memory_reserved.set(self.reserved)
 
     async def reserve(self, nbytes: int) -> Reservation:
         """Reserve ``nbytes``, waiting up to ``wait_seconds`` for room; else 503 (or 413 when no
@@ -278,13 +278,11 @@ class MemoryBudget:
         self.reserved += nbytes
         self.reserved_big += big_more
         r.nbytes += nbytes
-        self.metrics.memory_reserved.set(self.reserved)
 
     def give_back(self, r: Reservation) -> None:
         self.reserved -= r.nbytes
         if not r.small:
             self.reserved_big -= r.nbytes
-        self.metrics.memory_reserved.set(self.reserved)
         if not r.small and self.reserved_big == 0:
             self._settle()
         self._wake()

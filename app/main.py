@@ -18,7 +18,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.errors import ServerErrorMiddleware
 
 from app.admission import InFlight
 from app.challenger import Shadow
@@ -101,6 +103,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics.tally.own()  # the loop's requests tally their metrics; /metrics flushes them
         tasks: list[asyncio.Task[None]] = []
         if holder.current is None:
             if settings.model_load_retry:
@@ -178,25 +181,18 @@ def create_app(
         response_class=Response,
         responses={200: {"content": {"text/plain": {}}}},
     )
-    def prometheus_metrics() -> Response:
+    async def prometheus_metrics() -> Response:
         """Prometheus text format: requests, latency, rows, probabilities, the model, loads."""
-        content, media = metrics.render()
+        metrics.tally.flush()  # on the loop, the tally's only writer
+        content, media = await run_in_threadpool(metrics.render)
         return Response(content, media_type=media)
 
-    # Innermost first: the hot path answers POST /invocations and /explain inside CORS and the
-    # request context (request id, access line, metrics), past FastAPI's routing and dependencies.
-    app.add_middleware(
-        HotPath,
+    _front_door(
+        app,
+        metrics,
         routes={route.path: route for r in (invocations, explain) for route in r.router.routes},
+        cors_origins=settings.cors_origins,
     )
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["*"],
-        )
-    app.add_middleware(RequestContext, metrics=metrics)
     _install_error_handlers(app)
     _install_openapi(app, holder, bearer=app.state.api_keys is not None)
     return app
@@ -216,6 +212,33 @@ def serve_app() -> FastAPI:
         if holder is not None:
             holder.on_swap.append(lambda new, old: settle_heap())
     return app
+
+
+def _front_door(
+    app: FastAPI, metrics: Metrics, routes: dict[str, Any], cors_origins: list[str]
+) -> None:
+    """Put the request context (request id, access line, metrics), the 500 answer, CORS (if
+    configured) and the hot path in front of FastAPI's own stack, outermost first.
+
+    FastAPI's stack (its error and telemetry layers, its body limit, the user middleware, the
+    exception handlers) costs a one-row request several layers of calls before the hot path
+    would be reached; in front of it, ``POST /invocations`` and plain ``POST /explain`` skip
+    them all. Every other request goes on through that stack as before. An unexpected error
+    on the hot path gets the same JSON 500 as anywhere (the app's ``Exception`` handler), and
+    the server still sees the exception (it logs it), as with FastAPI's own error layer.
+    """
+    build_stack = app.build_middleware_stack
+
+    def build_middleware_stack() -> Any:
+        door: Any = HotPath(build_stack(), routes=routes)
+        if cors_origins:
+            door = CORSMiddleware(
+                door, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+            )
+        door = ServerErrorMiddleware(door, handler=app.exception_handlers.get(Exception))
+        return RequestContext(door, metrics=metrics)
+
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 
 
 def _labels(model: LoadedModel) -> tuple[str, str, str, str]:

@@ -43,9 +43,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +90,23 @@ class CompiledForest:
         tiny = np.abs(x) <= ZERO_THRESHOLD
         if tiny.any():
             x = np.where(tiny, 0.0, x)
-        entry = self._entry
-        if threads <= 1 and entry is not None:
-            # The compiled function itself: lleaves' ``predict`` wraps it in checks and copies
-            # that cost more than scoring one row (the probe rows above go this way too).
-            x = np.ascontiguousarray(x, dtype=np.float64)
-            out = np.zeros(len(x), dtype=np.float64)
-            entry(x.ctypes.data_as(_DOUBLE_P), out.ctypes.data_as(_DOUBLE_P), 0, len(x))
-            return out
+        if threads <= 1:
+            few = self._few
+            if few is None and self._entry is not None:
+                few = self._few = FewRows(self._entry)
+            if few is not None and len(x) <= FewRows.ROWS:
+                return few.predict(x)
+            entry = self._entry
+            if entry is not None:
+                # The compiled function itself: lleaves' ``predict`` wraps it in checks and
+                # copies that cost more than scoring a few rows.
+                x = np.ascontiguousarray(x, dtype=np.float64)
+                out = np.zeros(len(x), dtype=np.float64)
+                entry(x.ctypes.data_as(_DOUBLE_P), out.ctypes.data_as(_DOUBLE_P), 0, len(x))
+                return out
         return np.asarray(self.model.predict(x, n_jobs=max(1, threads)), dtype=np.float64)
+
+    _few: FewRows | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def _entry(self) -> Any:
@@ -115,6 +124,44 @@ class CompiledForest:
             f"lleaves ({tier}{source}, {self.compile_seconds:.1f}s) matches LightGBM to "
             f"{self.max_abs_diff:.1e} on {self.probe_rows} probe rows"
         )
+
+
+class FewRows:
+    """The compiled entry point called for a few rows, as cheaply as ctypes allows.
+
+    lleaves calls its code through a ``CFUNCTYPE``, which lets go of the GIL for the call: for
+    one row (~10 us of code) the release and the wait to take it back cost as much again, and
+    on a busy worker the wait can last a thread switch interval. Here the same code is called
+    through a ``PYFUNCTYPE`` (the GIL kept: at most ``ROWS`` rows, well under a millisecond)
+    with plain addresses of buffers kept per thread, so that no ctypes pointer object is made
+    per call either.
+    """
+
+    ROWS = 64
+
+    def __init__(self, entry: Any) -> None:
+        address = ctypes.cast(entry, ctypes.c_void_p).value
+        assert address is not None
+        prototype = ctypes.PYFUNCTYPE(
+            None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32
+        )
+        self._call = prototype(address)
+        self._entry = entry  # keeps the code's owner referenced while this is used
+        self._local = threading.local()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """P for each of at most ``ROWS`` rows of a float64 matrix in the booster's order."""
+        n, width = x.shape
+        local = self._local
+        rows: np.ndarray | None = getattr(local, "rows", None)
+        if rows is None or rows.shape[1] != width:
+            rows = local.rows = np.zeros((self.ROWS, width), dtype=np.float64)
+            local.out = np.zeros(self.ROWS, dtype=np.float64)
+            local.addresses = (rows.ctypes.data, local.out.ctypes.data)
+        np.copyto(rows[:n], x)
+        self._call(*local.addresses, 0, n)
+        out: np.ndarray = local.out[:n].copy()
+        return out
 
 
 def compile_booster(

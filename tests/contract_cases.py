@@ -98,6 +98,9 @@ REFUSED = {
         "'var_3'",
     ),
     "short row": Case(split([ROW, ROW[:150]]), JSON, 422, "ROW_LENGTH_MISMATCH", "row 1"),
+    "ragged rows of the right total": Case(
+        split([[*ROW, 0.5], ROW[:199]]), JSON, 422, "ROW_LENGTH_MISMATCH", "row 0"
+    ),
     "string value": Case(
         split([ROW, with_value(7, "1.5")]), JSON, 422, "INVALID_VALUE", "row 1, column 'var_7'"
     ),

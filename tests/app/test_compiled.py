@@ -6,13 +6,14 @@ import builtins
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import pytest
 
-from scoring.compiled import TOLERANCE, compile_booster, is_cached, probe_rows
+from scoring.compiled import TOLERANCE, FewRows, compile_booster, is_cached, probe_rows
 from scoring.predictors import BoosterPredictor
 from tests.helpers import FEATURES, PROJECT_DIR, make_frame
 
@@ -37,6 +38,40 @@ def test_compiled_trees_match_lightgbm(booster: lgb.Booster, tmp_path: Path) -> 
     x[6, 4] = 1e-40  # LightGBM reads this as zero
     got = forest.predict(np.ascontiguousarray(x), threads=2)
     np.testing.assert_allclose(got, booster.predict(x), rtol=0, atol=TOLERANCE)
+
+
+def test_a_few_rows_score_the_same_by_every_call_and_from_every_thread(
+    booster: lgb.Booster, tmp_path: Path
+) -> None:
+    """A few rows go through ``FewRows`` (the GIL kept, buffers per thread); more rows, or more
+    threads, through lleaves' own calls: the same answers either way, from several threads at
+    once (each its own buffers), and never an answer left over from an earlier call."""
+    forest, note = compile_booster(booster, tmp_path)
+    assert forest is not None, note
+    rows, _ = make_frame(FewRows.ROWS + 1, seed=23)
+    x = rows.to_numpy(copy=True)
+    x[0, 3] = np.nan
+    x[1, 4] = 1e-40
+    expected = booster.predict(x)
+    for n in (1, 2, FewRows.ROWS, FewRows.ROWS + 1):
+        part = np.ascontiguousarray(x[:n])
+        one_thread = forest.predict(part, threads=1)
+        assert one_thread.shape == (n,)
+        np.testing.assert_allclose(one_thread, expected[:n], rtol=0, atol=TOLERANCE)
+        np.testing.assert_array_equal(one_thread, forest.predict(part, threads=2))
+    assert forest._few is not None  # the few-rows call was really taken
+
+    def score(start: int) -> bool:
+        ok = True
+        for i in range(200):
+            n = 1 + (start + i) % 7
+            first = (start * 3 + i) % (len(x) - n)
+            got = forest.predict(np.ascontiguousarray(x[first : first + n]), threads=1)
+            ok &= bool(np.allclose(got, expected[first : first + n], rtol=0, atol=TOLERANCE))
+        return ok
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(score, range(8)))
 
 
 def test_compiled_code_is_cached_between_starts(booster: lgb.Booster, tmp_path: Path) -> None:

@@ -82,13 +82,44 @@ def test_admin_routes_are_off_without_a_token(loaded_holder: ModelHolder) -> Non
         assert r.status_code == 404
 
 
-def test_cors_is_off_unless_configured(loaded_holder: ModelHolder) -> None:
+def test_cors_is_off_unless_configured(
+    loaded_holder: ModelHolder, booster_model: LoggedModel
+) -> None:
     origin = {"Origin": "https://example.test"}
     with TestClient(make_app(loaded_holder)) as c:
         assert "access-control-allow-origin" not in c.get("/health/live", headers=origin).headers
     with TestClient(make_app(loaded_holder, cors_origins=["https://example.test"])) as c:
         r = c.get("/health/live", headers=origin)
         assert r.headers["access-control-allow-origin"] == "https://example.test"
+        # The hot path (in front of FastAPI's stack) answers inside CORS too.
+        body = booster_model.frame.head(1).to_json(orient="split")
+        r = c.post("/invocations", content=body, headers={**JSON, **origin})
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://example.test"
+
+
+def test_an_unexpected_error_on_the_hot_path_is_a_json_500(
+    loaded_holder: ModelHolder, booster_model: LoggedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path sits in front of FastAPI's error layer: a bug there still gets the app's
+    JSON 500 (no traceback, no payload), its request id and its access line."""
+    import app.hotpath
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug, not the client's doing")
+
+    monkeypatch.setattr(app.hotpath, "handle", broken)
+    body = booster_model.frame.head(1).to_json(orient="split")
+    with TestClient(make_app(loaded_holder), raise_server_exceptions=False) as c:
+        r = c.post("/invocations", content=body, headers={**JSON, "X-Request-ID": "bug-1"})
+        assert r.status_code == 500
+        assert r.json() == {
+            "error_code": "INTERNAL_ERROR",
+            "message": "internal error; see the server log",
+        }
+        assert r.headers["x-request-id"] == "bug-1"
+        text = c.get("/metrics").text
+        assert metric(text, "http_requests_total", route="/invocations", status="500") == 1
 
 
 def test_docs_can_be_turned_off(loaded_holder: ModelHolder) -> None:

@@ -115,6 +115,7 @@ def test_the_canonical_path_takes_what_pandas_writes_and_declines_the_rest() -> 
     frame.iloc[0, 7] = np.nan
     plain = frame.to_json(orient="split").encode()
     no_index = decode.orjson.dumps({"columns": FEATURES, "data": frame.to_numpy().tolist()})
+    values = frame.fillna(0.25).to_numpy().tolist()
     for body in (plain, no_index):
         x = decode._canonical_split(body, FEATURES, MAX_ROWS)
         assert x is not None
@@ -130,6 +131,14 @@ def test_the_canonical_path_takes_what_pandas_writes_and_declines_the_rest() -> 
         "index too short": plain.replace(b'"index":[0,1,2]', b'"index":[0,1]', 1),
         "a trailing space": plain + b" ",
         "integers": no_index.replace(b"null", b"1", 1),
+        "an exponent without a point": no_index.replace(b"null", b"1e-05", 1),
+        "a boolean": plain.replace(b"null", b"true", 1),
+        "a ragged row": plain.replace(b"null,", b"", 1),
+        "a row in a row": plain.replace(b"null", b"[1.5]", 1),
+        "no rows": no_index.split(b'"data":')[0] + b'"data":[]}',
+        "ragged rows of the right total (no nulls)": decode.orjson.dumps(
+            {"columns": FEATURES, "data": [[*values[0], 0.5], values[1][:-1], values[2]]}
+        ),
         "a string value": plain.replace(b"null", b'"1.5"', 1),
         "columns reordered": frame[list(reversed(FEATURES))].to_json(orient="split").encode(),
     }
@@ -138,6 +147,8 @@ def test_the_canonical_path_takes_what_pandas_writes_and_declines_the_rest() -> 
     # The general path still reads what it read before; the contract decides the rest.
     assert decode._plain_split(declined["spaces"], FEATURES, MAX_ROWS) is not None
     assert decode._plain_split(declined["index after data"], FEATURES, MAX_ROWS) is not None
+    taken = decode._plain_split(declined["an exponent without a point"], FEATURES, MAX_ROWS)
+    assert taken is not None and taken[0, 7] == 1e-05
     for what in ("a key twice", "index twice", "an object index", "a string value"):
         assert decode._plain_split(declined[what], FEATURES, MAX_ROWS) is None, what
 

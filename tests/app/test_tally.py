@@ -1,0 +1,70 @@
+"""The metrics tally: updates kept as plain numbers and flushed give the same series as
+Prometheus' own updates."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from app.observability import LATENCY_BUCKETS, Tally
+
+VALUES = [0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.25, 2.0, 30.0, 31.0, 0.0005]
+
+
+def _series(registry: CollectorRegistry) -> tuple[Counter, Histogram, Gauge]:
+    counter = Counter("c_total", "c", ["route"], registry=registry)
+    histogram = Histogram("h_seconds", "h", ["route"], buckets=LATENCY_BUCKETS, registry=registry)
+    gauge = Gauge("g", "g", registry=registry)
+    return counter, histogram, gauge
+
+
+def _text(registry: CollectorRegistry) -> list[str]:
+    """The exposition's lines but the series' creation times."""
+    return [ln for ln in generate_latest(registry).decode().splitlines() if "_created" not in ln]
+
+
+def test_a_flushed_tally_gives_what_direct_updates_give() -> None:
+    direct, tallied = CollectorRegistry(), CollectorRegistry()
+    counter, histogram, gauge = _series(direct)
+    t_counter, t_histogram, t_gauge = _series(tallied)
+    tally = Tally()
+    tally.own()
+    level = 0
+    tally.sample(t_gauge, lambda: level)
+    for i, value in enumerate(VALUES):
+        route = "/a" if i % 3 else "/b"
+        counter.labels(route).inc(i + 0.5)
+        histogram.labels(route).observe(value)  # on a bucket's bound, between, past the last
+        tally.inc(t_counter.labels(route), i + 0.5)
+        tally.observe(t_histogram.labels(route), value)
+    level = 7
+    gauge.set(7)
+    assert _text(tallied) != _text(direct)  # kept, not yet added
+    tally.flush()
+    assert _text(tallied) == _text(direct)
+    tally.flush()  # nothing twice
+    assert _text(tallied) == _text(direct)
+
+
+def test_other_threads_and_an_unowned_tally_update_at_once() -> None:
+    registry = CollectorRegistry()
+    counter, histogram, _ = _series(registry)
+    tally = Tally()
+    tally.inc(counter.labels("/a"))  # nobody owns it yet: straight to the series
+    assert counter.labels("/a")._value.get() == 1
+    tally.own()
+
+    def elsewhere() -> None:
+        tally.inc(counter.labels("/a"), 2)
+        tally.observe(histogram.labels("/a"), 0.3)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert counter.labels("/a")._value.get() == 3
+    assert histogram.labels("/a")._sum.get() == 0.3
+    tally.inc(counter.labels("/a"))  # the owner's: kept
+    assert counter.labels("/a")._value.get() == 3
+    tally.flush()
+    assert counter.labels("/a")._value.get() == 4
