@@ -235,10 +235,12 @@ def model_labels(model: LoadedModel, role: str) -> tuple[str, str, str]:
 def answered_by(model: LoadedModel, role: str) -> dict[str, str]:
     """Response headers naming the model that answered: a caller (or a test) can match every
     answer to its version, champion or challenger."""
-    return {
-        "X-Model-Version": model.label.encode("ascii", "replace").decode(),
-        "X-Model-Role": role,
-    }
+    return dict(answer_headers(model.label, role))
+
+
+def answer_headers(label: str, role: str) -> tuple[tuple[str, str], ...]:
+    """``answered_by``'s headers for a model's label."""
+    return (("X-Model-Version", label.encode("ascii", "replace").decode()), ("X-Model-Role", role))
 
 
 def predict(

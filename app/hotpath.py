@@ -24,7 +24,7 @@ from starlette.datastructures import Headers
 
 from app.auth import ApiKeys
 from app.challenger import routed_to_challenger
-from app.dataplane import CONTRIBUTION_COST, Scored, answered_by, explain_body, handle
+from app.dataplane import CONTRIBUTION_COST, Scored, answer_headers, explain_body, handle
 from scoring.contract.decode import check_media_type
 from scoring.errors import ServiceError, Unauthorized
 from scoring.explain import contributions_of
@@ -113,7 +113,7 @@ def check_api_key(request: Request, token: str | None) -> str | None:
         state.metrics.api_key_rejected.inc()
         raise Unauthorized("a valid 'Authorization: Bearer <API key>' header is required")
     state.metrics.api_key_requests.labels(key_id).inc()
-    request.state.key_id = key_id  # for the access log
+    access_notes(request)["key_id"] = key_id
     return key_id
 
 
@@ -121,20 +121,17 @@ async def invocation(request: Request) -> tuple[Scored, LoadedModel, str]:
     """Score one ``/invocations`` request: the answer, the model that gave it and its role
     (champion, or challenger in a split). Raises ``ServiceError`` for every refusal."""
     state = request.app.state
-    settings = state.settings
     check_media_type(request.headers.get("content-type"))
     role, answering = "champion", state.holder
     challenger = state.challenger
-    fraction = settings.split_fraction
-    if (
-        fraction is not None
-        and challenger is not None
-        and challenger.current is not None
-        and routed_to_challenger(fraction, request.headers.get("x-routing-key"))
-    ):
-        role, answering = "challenger", challenger
+    if challenger is not None and challenger.current is not None:
+        fraction = state.settings.split_fraction
+        if fraction is not None and routed_to_challenger(
+            fraction, request.headers.get("x-routing-key")
+        ):
+            role, answering = "challenger", challenger
     model = answering.require()
-    request.state.model_role = role
+    access_notes(request)["model_role"] = role
     scored = await _handled(request, model, role=role)
     shadow = state.shadow
     if shadow is not None:
@@ -163,8 +160,9 @@ async def _handled(request: Request, model: LoadedModel, **how: Any) -> Scored:
     """``dataplane.handle`` with the app's settings, metrics and admission, the model and the
     rows noted for the access log; ``how``: ``handle``'s ``role``, ``work``, ``inline_bytes``."""
     state = request.app.state
-    request.state.model_version = model.version
-    request.state.model = model.label
+    notes = access_notes(request)
+    notes["model_version"] = model.version
+    notes["model"] = model.label
     scored = await handle(
         request,
         model,
@@ -174,8 +172,16 @@ async def _handled(request: Request, model: LoadedModel, **how: Any) -> Scored:
         admission=state.admission,
         **how,
     )
-    request.state.rows = scored.rows
+    notes["rows"] = scored.rows
     return scored
+
+
+def access_notes(request: Request) -> dict[str, Any]:
+    """What the access line says of a request beyond its method, path and status: the dict
+    behind ``request.state`` (the model, its version and role, the rows, the API key's id),
+    written directly rather than through Starlette's ``State`` object on the hot path."""
+    notes: dict[str, Any] = request.scope.setdefault("state", {})
+    return notes
 
 
 def plain_top(query: bytes) -> int:
@@ -188,6 +194,12 @@ def plain_top(query: bytes) -> int:
         return -1
     top = int(value)
     return top if 1 <= top <= MAX_TOP else -1
+
+
+@functools.lru_cache(maxsize=64)
+def _raw_answered_by(label: str, role: str) -> tuple[tuple[bytes, bytes], ...]:
+    """``answer_headers`` as ASGI wants them, made once per model and role."""
+    return tuple((k.lower().encode(), v.encode()) for k, v in answer_headers(label, role))
 
 
 class HotPath:
@@ -215,17 +227,17 @@ class HotPath:
             check_api_key(request, bearer_token(request.headers.get("authorization")))
             if path == INVOCATIONS:
                 scored, model, role = await invocation(request)
-                extra = answered_by(model, role).items()
+                extra = _raw_answered_by(model.label, role)
             else:
                 scored = await explanation(request, top or None)
-                extra = {}.items()  # one model explains: no split, no shadow
+                extra = ()  # one model explains: no split, no shadow
         except ServiceError as exc:
             await error_response("POST", exc)(scope, receive, send)
             return
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(scored.content)).encode()),
-            *((k.lower().encode(), v.encode()) for k, v in extra),
+            *extra,
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": scored.content})

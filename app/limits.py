@@ -210,11 +210,13 @@ class MemoryBudget:
         return int(start * (1 - self.small_share))
 
     def _fits(self, nbytes: int, small: bool) -> bool:
-        room = self.capacity if small else int(self.capacity * (1 - self.small_share))
-        used = self.reserved if small else self.reserved_big
+        capacity = self.capacity
+        if small:
+            return self.reserved + nbytes <= capacity
         # Big requests also count the small ones in flight: the share is a floor for small ones,
         # not a gift to big ones.
-        return used + nbytes <= room and self.reserved + nbytes <= self.capacity
+        room = int(capacity * (1 - self.small_share))
+        return self.reserved_big + nbytes <= room and self.reserved + nbytes <= capacity
 
     def _take(self, r: Reservation) -> None:
         self.reserved += r.nbytes
@@ -290,6 +292,8 @@ class MemoryBudget:
     def _wake(self) -> None:
         """Grant waiters in order while they fit; big ones strictly in turn, small ones
         whenever they fit (they never wait behind a big one)."""
+        if not self._waiters:
+            return
         big_blocked = False
         for entry in list(self._waiters):
             r, waiter = entry
