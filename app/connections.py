@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import resource
+import weakref
 from typing import Any, cast
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -121,7 +122,7 @@ class GuardedProtocol:
         transport = cast(asyncio.Transport, transport)
         guard = _current()
         self._guard = guard
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_due: float | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._waiting_after: Any = None
@@ -148,6 +149,7 @@ class GuardedProtocol:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        HeaderSweep.of(self.loop).forget(self)
         if getattr(self, "_counted", False) and self._guard.metrics is not None:
             self._counted = False
             self._guard.metrics.connections_open.dec()
@@ -163,18 +165,17 @@ class GuardedProtocol:
         return self.cycle is self._waiting_after and self.idle()
 
     def _await_headers(self) -> None:
-        """From now, the next request's headers must be in within the header timeout."""
+        """From now, the next request's headers must be in within the header timeout (checked
+        by the loop's ``HeaderSweep``: no timer made and cancelled per request)."""
         self._waiting_after = self.cycle
         self._header_bytes = 0
-        self._idle_since = self.loop.time()
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-        self._header_timer = self.loop.call_later(
-            self._guard.settings.header_timeout_seconds, self._header_deadline
-        )
+        now = self._idle_since = self.loop.time()
+        timeout = self._guard.settings.header_timeout_seconds
+        self._header_due = now + timeout
+        HeaderSweep.of(self.loop).watch(self, timeout)
 
     def _header_deadline(self) -> None:
-        self._header_timer = None
+        self._header_due = None
         if self._awaiting_headers():
             self._close("header_timeout")
 
@@ -219,10 +220,61 @@ class GuardedProtocol:
             self.transport.close()
 
     def _cancel_timers(self) -> None:
-        for timer in (self._header_timer, self._send_timer):
-            if timer is not None:
-                timer.cancel()
-        self._header_timer = self._send_timer = None
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+        self._header_due = self._send_timer = None
+
+
+class HeaderSweep:
+    """The header deadlines of one event loop's connections, checked by one timer every
+    ``header timeout / 4`` (at most a second): a connection past its deadline and still
+    waiting for headers is closed. A deadline is met to within that step, and a request costs
+    a number written instead of a timer made and cancelled; the timer runs only while some
+    connection is open."""
+
+    MAX_STEP_SECONDS = 1.0
+    _last: tuple[asyncio.AbstractEventLoop, HeaderSweep] | None = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.members: set[GuardedProtocol] = set()
+        self.timer: asyncio.TimerHandle | None = None
+        self.step = self.MAX_STEP_SECONDS
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> HeaderSweep:
+        last = cls._last
+        if last is not None and last[0] is loop:
+            return last[1]
+        found = _SWEEPS.get(loop)
+        if found is None:
+            found = _SWEEPS[loop] = cls(loop)
+        cls._last = (loop, found)
+        return found
+
+    def watch(self, connection: GuardedProtocol, timeout: float) -> None:
+        self.members.add(connection)
+        if self.timer is None:
+            self.step = min(self.MAX_STEP_SECONDS, timeout / 4)
+            self.timer = self.loop.call_later(self.step, self._sweep)
+
+    def forget(self, connection: GuardedProtocol) -> None:
+        self.members.discard(connection)
+
+    def _sweep(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        for connection in list(self.members):
+            due = connection._header_due
+            if due is not None and due <= now:
+                connection._header_deadline()
+        if self.members:
+            self.timer = self.loop.call_later(self.step, self._sweep)
+
+
+_SWEEPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HeaderSweep] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class GuardedHttpToolsProtocol(GuardedProtocol, HttpToolsProtocol):
