@@ -27,7 +27,7 @@ from app.challenger import Shadow
 from app.config import Settings, get_settings
 from app.connections import guard_connections
 from app.hotpath import HotPath, error_response
-from app.limits import Admission, limit_arenas
+from app.limits import Admission, arrow_allocates_with_malloc, limit_arenas
 from app.model_holder import ModelHolder
 from app.monitoring import Monitoring
 from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
@@ -205,6 +205,7 @@ def serve_app() -> FastAPI:
     configure_logging(settings.log_format, settings.log_level)
     # Fewer arenas: each thread that mallocs may otherwise get its own, kept after a burst.
     limit_arenas(settings.malloc_arena_max)
+    arrow_allocates_with_malloc()
     app = create_app(settings)
     guard_connections(settings, app.state.metrics)
     # Each loaded model (champion or challenger) leaves the heap frozen (settle_heap).
