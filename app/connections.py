@@ -26,13 +26,13 @@ import contextlib
 import json
 import logging
 import resource
-import weakref
 from typing import Any, cast
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.config import Settings
+from app.loops import PerLoop
 from app.observability import Metrics
 
 log = logging.getLogger("app.connections")
@@ -225,7 +225,7 @@ class GuardedProtocol:
         self._header_due = self._send_timer = None
 
 
-class HeaderSweep:
+class HeaderSweep(PerLoop):
     """The header deadlines of one event loop's connections, checked by one timer every
     ``header timeout / 4`` (at most a second): a connection past its deadline and still
     waiting for headers is closed. A deadline is met to within that step, and a request costs
@@ -233,24 +233,12 @@ class HeaderSweep:
     connection is open."""
 
     MAX_STEP_SECONDS = 1.0
-    _last: tuple[asyncio.AbstractEventLoop, HeaderSweep] | None = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        super().__init__(loop)
         self.members: set[GuardedProtocol] = set()
         self.timer: asyncio.TimerHandle | None = None
         self.step = self.MAX_STEP_SECONDS
-
-    @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop) -> HeaderSweep:
-        last = cls._last
-        if last is not None and last[0] is loop:
-            return last[1]
-        found = _SWEEPS.get(loop)
-        if found is None:
-            found = _SWEEPS[loop] = cls(loop)
-        cls._last = (loop, found)
-        return found
 
     def watch(self, connection: GuardedProtocol, timeout: float) -> None:
         self.members.add(connection)
@@ -270,11 +258,6 @@ class HeaderSweep:
                 connection._header_deadline()
         if self.members:
             self.timer = self.loop.call_later(self.step, self._sweep)
-
-
-_SWEEPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HeaderSweep] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 class GuardedHttpToolsProtocol(GuardedProtocol, HttpToolsProtocol):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from app.limits import (
     format_of,
     need_bytes,
 )
+from app.loops import PerLoop
 from app.observability import Metrics
 from scoring.contract.decode import parse_body
 from scoring.contract.media import media_type
@@ -114,32 +114,19 @@ async def read_body(
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-class BodyDeadlines:
+class BodyDeadlines(PerLoop):
     """The body-read deadlines of one event loop's requests, checked every ``TICK_SECONDS``
     by one timer: a request past its deadline is cancelled, and ``read_body`` turns that into
     its 408 (``forget`` says whether the deadline cancelled it). Deadlines are kept to within
     a tick; the timer runs only while some body is being read."""
 
     TICK_SECONDS = 0.05
-    _last: tuple[asyncio.AbstractEventLoop, BodyDeadlines] | None = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        super().__init__(loop)
         self.when: dict[asyncio.Task[Any], float] = {}
         self.expired: set[asyncio.Task[Any]] = set()
         self.timer: asyncio.TimerHandle | None = None
-
-    @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop) -> BodyDeadlines:
-        """The loop's deadlines (one loop per worker; tests make several, one after another)."""
-        last = cls._last
-        if last is not None and last[0] is loop:
-            return last[1]
-        found = _DEADLINES.get(loop)
-        if found is None:
-            found = _DEADLINES[loop] = cls(loop)
-        cls._last = (loop, found)
-        return found
 
     def watch(self, task: asyncio.Task[Any], when: float) -> None:
         """Cancel ``task`` once ``loop.time()`` passes ``when`` (a later call moves it)."""
@@ -165,11 +152,6 @@ class BodyDeadlines:
                 task.cancel()
         if self.when:
             self.timer = self.loop.call_later(self.TICK_SECONDS, self._tick)
-
-
-_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BodyDeadlines] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 def reserve_decoded(body: bytes, kind: str, reservation: Reservation) -> None:
