@@ -39,18 +39,29 @@ from scoring.explain import explain, reasons
 from scoring.loading import LoadedModel
 
 
+class Unread:
+    """The type of ``UNREAD``: a header the caller has not read."""
+
+
+UNREAD = Unread()
+
+
 async def read_body(
     request: Request,
     settings: Settings,
     metrics: Metrics,
     reservation: Reservation | None = None,
+    *,
+    declared: int | Unread | None = UNREAD,
 ) -> bytes:
     """The whole body within ``body_timeout_seconds`` and, after a grace period, at
     ``body_min_rate_bytes_per_second`` at least (else 408), refusing (413) as soon as it is
     known to exceed ``max_body_bytes``. A body without ``Content-Length`` grows its memory
-    ``reservation`` as it arrives (503 when the budget has no room)."""
+    ``reservation`` as it arrives (503 when the budget has no room). ``declared``: the
+    ``Content-Length`` if the caller read it already (``declared_size``)."""
     limit = settings.max_body_bytes
-    declared = _declared_size(request)
+    if isinstance(declared, Unread):
+        declared = declared_size(request)
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
     loop = asyncio.get_running_loop()
@@ -154,10 +165,10 @@ class BodyDeadlines(PerLoop):
             self.timer = self.loop.call_later(self.TICK_SECONDS, self._tick)
 
 
-def reserve_decoded(body: bytes, kind: str, reservation: Reservation) -> None:
+def reserve_decoded(body: bytes, reservation: Reservation) -> None:
     """Parquet is compressed: a small body may decode into a big matrix. Its footer says how
     many rows and columns it holds; reserve for those (503 when there is no room)."""
-    if format_of(kind) != "parquet":
+    if reservation.kind != "parquet":
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -171,17 +182,23 @@ def reserve_decoded(body: bytes, kind: str, reservation: Reservation) -> None:
         reservation.grow(decoded - reservation.nbytes)
 
 
-def _declared_size(request: Request) -> int | None:
+def declared_size(request: Request) -> int | None:
+    """The body's ``Content-Length``, if it has a valid one."""
     declared = request.headers.get("content-length")
     return int(declared) if declared is not None and declared.isdigit() else None
 
 
 async def reserve_memory(
-    request: Request, kind: str, settings: Settings, budget: MemoryBudget
+    request: Request,
+    kind: str,
+    settings: Settings,
+    budget: MemoryBudget,
+    declared: int | Unread | None = UNREAD,
 ) -> Reservation:
     """Reserve what this request will need by its declared size (or a first step of a body
     without one), waiting briefly for room; 503 (or 413) when there is none."""
-    declared = _declared_size(request)
+    if isinstance(declared, Unread):
+        declared = declared_size(request)
     if declared is not None and declared > settings.max_body_bytes:
         raise PayloadTooLarge(
             f"the body is {declared} bytes; the limit is {settings.max_body_bytes}"
@@ -308,17 +325,21 @@ async def handle(
     work: Work = score,
     role: str = "champion",
     inline_bytes: int | None = None,
+    content_type: str | Unread | None = UNREAD,
 ) -> Scored:
     """The one path of every scoring route: admit the body (a body-read place, then memory),
-    read it, then run ``work`` within a scoring slot (``score_admitted``)."""
-    content_type = request.headers.get("content-type")
+    read it, then run ``work`` within a scoring slot (``score_admitted``). ``content_type``:
+    the header, if the caller read it already."""
+    if isinstance(content_type, Unread):
+        content_type = request.headers.get("content-type")
     kind = media_type(content_type)
+    declared = declared_size(request)
     # Bodies arriving, then memory, then (once the body is in) a scoring slot.
     with admission.body_reads.enter():
-        reservation = await reserve_memory(request, kind, settings, admission.memory)
+        reservation = await reserve_memory(request, kind, settings, admission.memory, declared)
         try:
-            body = await read_body(request, settings, metrics, reservation)
-            reserve_decoded(body, kind, reservation)
+            body = await read_body(request, settings, metrics, reservation, declared=declared)
+            reserve_decoded(body, reservation)
         except BaseException:
             reservation.release()
             raise

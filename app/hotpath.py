@@ -22,9 +22,14 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 
+from app.admission import InFlight
 from app.auth import ApiKeys
-from app.challenger import routed_to_challenger
+from app.challenger import Shadow, routed_to_challenger
+from app.config import Settings
 from app.dataplane import CONTRIBUTION_COST, Scored, answer_headers, explain_body, handle
+from app.limits import Admission
+from app.model_holder import ModelHolder
+from app.observability import Metrics
 from scoring.contract.decode import check_media_type
 from scoring.errors import ServiceError, Unauthorized
 from scoring.explain import contributions_of
@@ -39,46 +44,48 @@ MAX_TOP = 10_000
 
 
 class IndexedHeaders(Headers):
-    """Starlette's request ``Headers``, looked up in a dict made on the first lookup.
+    """Starlette's request ``Headers``, looked up in a dict made once.
 
     ``Headers`` scans and decodes the header list on every lookup, and a missing header costs
-    a ``KeyError`` on top; a scoring request looks up five or six (content type and length,
-    twice each, authorization, the routing key). Same answers: the first of repeated headers.
+    a ``KeyError`` on top; a scoring request looks up three or four (content type and length,
+    authorization, the routing key). Same answers: the first of repeated headers.
     """
 
-    _index: dict[str, str] | None = None
-
-    def _lookup(self) -> dict[str, str]:
-        index = self._index
-        if index is None:
-            index = {}
-            for key, value in self._list:
-                index.setdefault(key.decode("latin-1"), value.decode("latin-1"))
-            self._index = index
-        return index
+    def __init__(
+        self,
+        headers: Any = None,
+        raw: list[tuple[bytes, bytes]] | None = None,
+        scope: Any = None,
+    ) -> None:
+        super().__init__(headers, raw, scope)
+        index: dict[str, str] = {}
+        for key, value in self._list:
+            index.setdefault(key.decode("latin-1"), value.decode("latin-1"))
+        self._index = index
 
     def __getitem__(self, key: str) -> str:
         try:
-            return self._lookup()[key.lower()]
+            return self._index[key.lower()]
         except KeyError:
             raise KeyError(key) from None
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._lookup().get(key.lower(), default)
+        return self._index.get(key.lower(), default)
 
     def __contains__(self, key: Any) -> bool:
-        return isinstance(key, str) and key.lower() in self._lookup()
+        return isinstance(key, str) and key.lower() in self._index
 
 
 class HotRequest(Request):
-    """A ``Request`` whose headers are ``IndexedHeaders``."""
+    """A ``Request`` whose headers are ``IndexedHeaders``, made with it."""
+
+    def __init__(self, scope: Any, receive: Any) -> None:
+        super().__init__(scope, receive)
+        self._headers = IndexedHeaders(scope=scope)
 
     @property
     def headers(self) -> Headers:
-        headers = getattr(self, "_headers", None)
-        if headers is None:
-            headers = self._headers = IndexedHeaders(scope=self.scope)
-        return headers
+        return self._headers
 
 
 def error_response(method: str, exc: ServiceError) -> JSONResponse:
@@ -102,17 +109,61 @@ def bearer_token(authorization: str | None) -> str | None:
     return credentials
 
 
+class Plane:
+    """What the scoring paths read on every request, gathered once per app
+    (``app.state.plane``, set by ``create_app``): each read of Starlette's ``State`` is a
+    Python-level ``__getattr__`` call, and a one-row request made eight."""
+
+    __slots__ = (
+        "admission",
+        "api_keys",
+        "challenger",
+        "holder",
+        "in_flight",
+        "metrics",
+        "settings",
+        "shadow",
+    )
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        metrics: Metrics,
+        holder: ModelHolder,
+        challenger: ModelHolder | None,
+        shadow: Shadow | None,
+        in_flight: InFlight,
+        admission: Admission,
+        api_keys: ApiKeys | None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.holder = holder
+        self.challenger = challenger
+        self.shadow = shadow
+        self.in_flight = in_flight
+        self.admission = admission
+        self.api_keys = api_keys
+
+
+def plane_of(request: Request) -> Plane:
+    """The app's ``Plane``."""
+    plane: Plane = request.scope["app"].state.plane
+    return plane
+
+
 def check_api_key(request: Request, token: str | None) -> str | None:
     """The id of the caller's API key; ``None`` when no keys are configured. 401 otherwise."""
-    state = request.app.state
-    keys: ApiKeys | None = state.api_keys
+    plane = plane_of(request)
+    keys = plane.api_keys
     if keys is None:
         return None
     key_id = keys.identify(token) if token is not None else None
     if key_id is None:
-        state.metrics.api_key_rejected.inc()
+        plane.metrics.api_key_rejected.inc()
         raise Unauthorized("a valid 'Authorization: Bearer <API key>' header is required")
-    state.metrics.api_key_requests.labels(key_id).inc()
+    plane.metrics.api_key_requests.labels(key_id).inc()
     access_notes(request)["key_id"] = key_id
     return key_id
 
@@ -120,20 +171,21 @@ def check_api_key(request: Request, token: str | None) -> str | None:
 async def invocation(request: Request) -> tuple[Scored, LoadedModel, str]:
     """Score one ``/invocations`` request: the answer, the model that gave it and its role
     (champion, or challenger in a split). Raises ``ServiceError`` for every refusal."""
-    state = request.app.state
-    check_media_type(request.headers.get("content-type"))
-    role, answering = "champion", state.holder
-    challenger = state.challenger
+    plane = plane_of(request)
+    headers = request.headers
+    content_type = headers.get("content-type")
+    check_media_type(content_type)
+    role, answering = "champion", plane.holder
+    challenger = plane.challenger
     if challenger is not None and challenger.current is not None:
-        fraction = state.settings.split_fraction
-        if fraction is not None and routed_to_challenger(
-            fraction, request.headers.get("x-routing-key")
-        ):
+        fraction = plane.settings.split_fraction
+        if fraction is not None and routed_to_challenger(fraction, headers.get("x-routing-key")):
             role, answering = "challenger", challenger
     model = answering.require()
-    access_notes(request)["model_role"] = role
-    scored = await _handled(request, model, role=role)
-    shadow = state.shadow
+    notes = access_notes(request)
+    notes["model_role"] = role
+    scored = await _handled(request, plane, notes, model, content_type, role=role)
+    shadow = plane.shadow
     if shadow is not None:
         shadow.submit(scored.x, scored.predictions, model)
     return scored, model, role
@@ -143,33 +195,43 @@ async def explanation(request: Request, top: int | None) -> Scored:
     """Explain one ``/explain`` request (``top`` reasons per row if asked). Raises
     ``ServiceError`` for every refusal; a model that cannot explain is refused (422) before the
     body is read."""
-    state = request.app.state
-    check_media_type(request.headers.get("content-type"))
-    model = state.holder.require()
+    plane = plane_of(request)
+    content_type = request.headers.get("content-type")
+    check_media_type(content_type)
+    model = plane.holder.require()
     contributions_of(model.predictor)
     return await _handled(
         request,
+        plane,
+        access_notes(request),
         model,
+        content_type,
         work=functools.partial(explain_body, top=top),
         # One row on the loop (a few ms); more in a thread, not to hold up other requests.
-        inline_bytes=state.settings.inline_body_bytes // CONTRIBUTION_COST,
+        inline_bytes=plane.settings.inline_body_bytes // CONTRIBUTION_COST,
     )
 
 
-async def _handled(request: Request, model: LoadedModel, **how: Any) -> Scored:
+async def _handled(
+    request: Request,
+    plane: Plane,
+    notes: dict[str, Any],
+    model: LoadedModel,
+    content_type: str | None,
+    **how: Any,
+) -> Scored:
     """``dataplane.handle`` with the app's settings, metrics and admission, the model and the
     rows noted for the access log; ``how``: ``handle``'s ``role``, ``work``, ``inline_bytes``."""
-    state = request.app.state
-    notes = access_notes(request)
     notes["model_version"] = model.version
     notes["model"] = model.label
     scored = await handle(
         request,
         model,
-        settings=state.settings,
-        metrics=state.metrics,
-        in_flight=state.in_flight,
-        admission=state.admission,
+        settings=plane.settings,
+        metrics=plane.metrics,
+        in_flight=plane.in_flight,
+        admission=plane.admission,
+        content_type=content_type,
         **how,
     )
     notes["rows"] = scored.rows

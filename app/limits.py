@@ -31,7 +31,6 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 from app.config import Settings
@@ -133,6 +132,8 @@ def trim_memory() -> bool:
 
 class Reservation:
     """Bytes held in the budget for one request; given back when its work ends."""
+
+    __slots__ = ("handed_over", "kind", "nbytes", "owner", "released", "small")
 
     def __init__(self, owner: MemoryBudget, nbytes: int, small: bool) -> None:
         self.owner = owner
@@ -244,6 +245,9 @@ class MemoryBudget:
         room could ever be enough)."""
         small = nbytes <= self.small_need
         r = Reservation(self, nbytes, small)
+        if small and self.reserved + nbytes <= self.capacity:  # _fits and _take, inline
+            self.reserved += nbytes
+            return r
         if not small and nbytes > self.ceiling:
             raise PayloadTooLarge(
                 f"this body needs about {nbytes // MIB} MiB to parse; the memory budget of a "
@@ -378,24 +382,32 @@ class MemoryBudget:
 
 
 class BodyReads:
-    """Bodies being received at once per worker, bounded (503 + Retry-After beyond)."""
+    """Bodies being received at once per worker, bounded (503 + Retry-After beyond).
+
+    ``with body_reads.enter():`` holds a place while a body arrives. The object is its own
+    context manager (no generator made per request)."""
+
+    __slots__ = ("count", "limit", "metrics")
 
     def __init__(self, limit: int, metrics: Metrics) -> None:
         self.limit = limit
         self.count = 0
         self.metrics = metrics
 
-    @contextlib.contextmanager
-    def enter(self) -> Iterator[None]:
+    def enter(self) -> BodyReads:
+        """A place for one body (``with``), or ``Overloaded`` (503) when all are taken."""
         if self.count >= self.limit:
             self.metrics.body_reads_shed.inc()
             self.metrics.shed.inc()
             raise Overloaded(f"{self.count} request bodies are arriving; retry shortly")
         self.count += 1
-        try:
-            yield
-        finally:
-            self.count -= 1
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        self.count -= 1
 
 
 class Admission:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,13 +21,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.errors import ServerErrorMiddleware
 
 from app.admission import InFlight
 from app.challenger import Shadow
 from app.config import Settings, get_settings
 from app.connections import guard_connections
-from app.hotpath import HotPath, error_response
+from app.hotpath import HotPath, Plane, error_response
 from app.limits import Admission, arrow_allocates_with_malloc, limit_arenas
 from app.model_holder import ModelHolder
 from app.monitoring import Monitoring
@@ -165,6 +165,16 @@ def create_app(
     app.state.api_keys = settings.api_key_set()
     app.state.admission = admission
     app.state.monitoring = watch
+    app.state.plane = Plane(
+        settings=settings,
+        metrics=metrics,
+        holder=holder,
+        challenger=challenger,
+        shadow=shadow,
+        in_flight=app.state.in_flight,
+        admission=admission,
+        api_keys=app.state.api_keys,
+    )
     app.include_router(invocations.router)
     app.include_router(explain.router)
     app.include_router(health.router)
@@ -218,7 +228,7 @@ def serve_app() -> FastAPI:
 def _front_door(
     app: FastAPI, metrics: Metrics, routes: dict[str, Any], cors_origins: list[str]
 ) -> None:
-    """Put the request context (request id, access line, metrics), the 500 answer, CORS (if
+    """Put the request context (request id, access line, metrics, the 500 answer), CORS (if
     configured) and the hot path in front of FastAPI's own stack, outermost first.
 
     FastAPI's stack (its error and telemetry layers, its body limit, the user middleware, the
@@ -236,8 +246,13 @@ def _front_door(
             door = CORSMiddleware(
                 door, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
             )
-        door = ServerErrorMiddleware(door, handler=app.exception_handlers.get(Exception))
-        return RequestContext(door, metrics=metrics)
+        handler = app.exception_handlers[Exception]
+
+        async def on_error(scope: Any, exc: Exception) -> Any:
+            answer = handler(Request(scope), exc)
+            return await answer if inspect.isawaitable(answer) else answer
+
+        return RequestContext(door, metrics=metrics, on_error=on_error)
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 

@@ -70,6 +70,9 @@ PROBABILITY_BUCKETS = (*(round(0.1 * i, 1) for i in range(1, 10)), 1.0)
 _EDGES = (*PROBABILITY_BUCKETS, math.inf)
 _EDGES_ARRAY = np.array(_EDGES)
 SMALL_BATCH = 32
+ONE_ROWS_KEPT = 1024
+"""One-row scorings (and requests) noted before they are counted, if ``/metrics`` was not read
+meanwhile."""
 _BIN_LABELS = tuple(f"{edge:g}" for edge in (*PROBABILITY_BUCKETS, float("inf")))
 _PROBABILITY = "prediction_probability"
 _MODEL_PROBABILITY = "model_prediction_probability"
@@ -102,7 +105,7 @@ class Tally:
     requests come between scrapes.
     """
 
-    __slots__ = ("buckets", "counts", "immediate", "owner", "samples", "sums")
+    __slots__ = ("before_flush", "buckets", "counts", "immediate", "owner", "samples", "sums")
 
     def __init__(self, immediate: bool = False) -> None:
         self.immediate = immediate
@@ -111,6 +114,23 @@ class Tally:
         self.sums: dict[Any, float] = {}
         self.buckets: dict[tuple[Any, int], int] = {}
         self.samples: list[tuple[Any, Callable[[], float]]] = []
+        self.before_flush: list[Callable[[], None]] = []
+        """Called first by ``flush``: whoever keeps updates of its own hands them over here."""
+
+    def keeps(self) -> bool:
+        """Whether updates from the calling thread wait for a ``flush`` of the owner's own
+        (not those of other threads, nor any with several workers, which flush per request)."""
+        return not self.immediate and threading.get_ident() == self.owner
+
+    def observe_many(self, child: Any, values: np.ndarray) -> None:
+        """``observe(child, v)`` for each value of a float array (owner's thread only)."""
+        bounds = child._upper_bounds
+        sums, buckets = self.sums, self.buckets
+        sums[child] = sums.get(child, 0.0) + float(values.sum())
+        found = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+        for i in np.flatnonzero(found).tolist():
+            key = (child, i)
+            buckets[key] = buckets.get(key, 0) + int(found[i])
 
     def own(self) -> None:
         """The calling thread (the event loop's) keeps its updates here from now on."""
@@ -124,6 +144,16 @@ class Tally:
         counts = self.counts
         counts[child] = counts.get(child, 0.0) + amount
 
+    def add(self, updates: list[tuple[Any, float]]) -> None:
+        """``inc`` for each (counter series, amount) of ``updates``."""
+        if threading.get_ident() != self.owner:
+            for child, amount in updates:
+                child.inc(amount)
+            return
+        counts = self.counts
+        for child, amount in updates:
+            counts[child] = counts.get(child, 0.0) + amount
+
     def observe(self, child: Any, value: float) -> None:
         """``child.observe(value)`` for a histogram's series (``value`` a number, not NaN), at
         the next ``flush``."""
@@ -136,6 +166,18 @@ class Tally:
         buckets = self.buckets
         buckets[key] = buckets.get(key, 0) + 1
 
+    def inc_and_observe(self, counter: Any, histogram: Any, value: float) -> None:
+        """``inc(counter)`` and ``observe(histogram, value)`` in one call (once per request)."""
+        if threading.get_ident() != self.owner:
+            counter.inc()
+            histogram.observe(value)
+            return
+        counts, sums, buckets = self.counts, self.sums, self.buckets
+        counts[counter] = counts.get(counter, 0.0) + 1.0
+        sums[histogram] = sums.get(histogram, 0.0) + value
+        key = (histogram, bisect.bisect_left(histogram._upper_bounds, value))
+        buckets[key] = buckets.get(key, 0) + 1
+
     def sample(self, gauge: Any, read: Callable[[], float]) -> None:
         """Set ``gauge`` to ``read()`` at every ``flush`` (a count the app keeps anyway, such as
         the requests in progress, instead of a gauge update per change)."""
@@ -143,6 +185,8 @@ class Tally:
 
     def flush(self) -> None:
         """Add what was kept to the series (on the owning thread, or before it owns this)."""
+        for hand_over in self.before_flush:
+            hand_over()
         counts, sums, buckets = self.counts, self.sums, self.buckets
         if counts:
             self.counts = {}
@@ -166,6 +210,9 @@ class Metrics:
         library itself reads ``PROMETHEUS_MULTIPROC_DIR``, which ``python -m app`` sets)."""
         self.multiprocess = bool(multiprocess_dir)
         self.tally = Tally(immediate=self.multiprocess)
+        self._one_rows: list[tuple[tuple[str, str, str], float, float]] = []
+        self._requests: list[tuple[str, str, int, float]] = []
+        self.tally.before_flush += [self._count_one_rows, self._count_requests]
         # In multiprocess mode values live in files; the registry only serves single-process use.
         self.registry = CollectorRegistry(auto_describe=True)
         kw: dict[str, Any] = {"registry": None if self.multiprocess else self.registry}
@@ -323,6 +370,30 @@ class Metrics:
         self._per_model: dict[tuple[str, str, str], _ModelChildren] = {}
         self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and its latency: on the loop, a tuple noted and counted with
+        the others at the next flush (``_count_requests``); elsewhere at once."""
+        if self.tally.keeps():
+            noted = self._requests
+            noted.append((route, method, status, seconds))
+            if len(noted) >= ONE_ROWS_KEPT:
+                self._count_requests()
+            return
+        requests, latency = self.request_series(route, method, status)
+        self.tally.inc_and_observe(requests, latency, seconds)
+
+    def _count_requests(self) -> None:
+        """Count the noted requests into the tally, per series with numpy. On the owner."""
+        noted, self._requests = self._requests, []
+        by_series: dict[tuple[str, str, int], list[float]] = {}
+        for route, method, status, seconds in noted:
+            by_series.setdefault((route, method, status), []).append(seconds)
+        tally = self.tally
+        for key, seconds_each in by_series.items():
+            requests, latency = self.request_series(*key)
+            tally.inc(requests, len(seconds_each))
+            tally.observe_many(latency, np.array(seconds_each, dtype=np.float64))
+
     def request_series(self, route: str, method: str, status: int) -> tuple[Any, Any]:
         """The request counter and latency histogram of one (route, method, status)."""
         key = (route, method, status)
@@ -366,12 +437,30 @@ class Metrics:
         ``model`` (name, version, role) also counts them for that model; ``answered=False``
         (the challenger in shadow mode) counts them for that model only.
         """
-        if values.size <= SMALL_BATCH and values.ndim == 1:
+        updates: list[tuple[Any, float]] = []
+        self._prediction_updates(values, model, answered, updates)
+        self.tally.add(updates)
+
+    def _prediction_updates(
+        self,
+        values: np.ndarray,
+        model: tuple[str, str, str] | None,
+        answered: bool,
+        updates: list[tuple[Any, float]],
+    ) -> None:
+        """``observe_predictions``' counter steps, appended to ``updates`` as (series, amount)."""
+        counts: dict[int, int]
+        if values.size == 1 and values.ndim == 1:  # one row: every one-row request
+            total = float(values[0])
+            if not math.isfinite(total):
+                return
+            counts, size = {bisect.bisect_left(_EDGES, total): 1}, 1
+        elif values.size <= SMALL_BATCH and values.ndim == 1:
             # A few values: plain Python beats numpy's per-call overhead.
             finite = [v for v in values.tolist() if math.isfinite(v)]
             if not finite:
                 return
-            counts: dict[int, int] = {}
+            counts = {}
             for v in finite:
                 i = bisect.bisect_left(_EDGES, v)
                 counts[i] = counts.get(i, 0) + 1
@@ -383,18 +472,18 @@ class Metrics:
             binned = np.bincount(np.searchsorted(_EDGES_ARRAY, values, side="left"))
             counts = {i: c for i, c in enumerate(binned.tolist()) if c}
             size, total = int(values.size), float(values.sum())
-        tally = self.tally
+        bins = counts.items()
         if answered:
-            tally.inc(self.rows, size)
-            for i, count in counts.items():
-                tally.inc(self._bins[i], count)
-            tally.inc(self.probability_sum, total)
+            updates.append((self.rows, size))
+            for i, count in bins:
+                updates.append((self._bins[i], count))
+            updates.append((self.probability_sum, total))
         if model is not None:
             children = self._model_children(model)
-            tally.inc(children.rows, size)
-            for i, count in counts.items():
-                tally.inc(children.bins[i], count)
-            tally.inc(children.total, total)
+            updates.append((children.rows, size))
+            for i, count in bins:
+                updates.append((children.bins[i], count))
+            updates.append((children.total, total))
 
     def observe_scoring(
         self,
@@ -406,10 +495,35 @@ class Metrics:
     ) -> None:
         """Scored rows of ``model`` (``requests`` requests, scored together in ``seconds``):
         their probabilities, the requests and the latency."""
-        self.observe_predictions(predictions, model, answered)
+        tally = self.tally
+        if predictions.size == 1 and requests == 1 and answered and tally.keeps():
+            # One row, on the loop: a tuple noted; counted with the others at the next flush.
+            one_rows = self._one_rows
+            one_rows.append((model, float(predictions.flat[0]), seconds))
+            if len(one_rows) >= ONE_ROWS_KEPT:
+                self._count_one_rows()
+            return
         children = self._model_children(model)
-        self.tally.inc(children.requests, requests)
-        self.tally.observe(children.latency, seconds)
+        updates: list[tuple[Any, float]] = [(children.requests, requests)]
+        self._prediction_updates(predictions, model, answered, updates)
+        tally.add(updates)
+        tally.observe(children.latency, seconds)
+
+    def _count_one_rows(self) -> None:
+        """Count the noted one-row scorings into the tally, per model with numpy (a few
+        microseconds of dict updates per request otherwise). On the tally's owner."""
+        noted, self._one_rows = self._one_rows, []
+        by_model: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+        for model, value, seconds in noted:
+            by_model.setdefault(model, []).append((value, seconds))
+        tally = self.tally
+        for model, pairs in by_model.items():
+            both = np.array(pairs, dtype=np.float64)
+            children = self._model_children(model)
+            updates: list[tuple[Any, float]] = [(children.requests, len(pairs))]
+            self._prediction_updates(both[:, 0], model, True, updates)
+            tally.add(updates)
+            tally.observe_many(children.latency, both[:, 1])
 
     def observe_scored(self, x: np.ndarray, predictions: np.ndarray, model: Any) -> None:
         """Hand a scored batch (rows in the model's feature order) to the sinks; a failing sink
@@ -514,11 +628,21 @@ _request_ids = RequestIds()
 
 
 class RequestContext:
-    """Request id in and out, one access-log line and the request metrics per HTTP request."""
+    """Request id in and out, one access-log line and the request metrics per HTTP request;
+    and, given ``on_error`` (``(scope, exc) ->`` an ASGI response), the answer to an unexpected
+    error, as Starlette's ``ServerErrorMiddleware`` gives it: that response if none was started,
+    then the exception raised on for the server to log (a layer of calls per request fewer than
+    that middleware inside this one)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        on_error: Callable[[Scope, Exception], Awaitable[ASGIApp]] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -533,7 +657,7 @@ class RequestContext:
         request_id = request_id or _request_ids.new()
         token = request_id_var.set(request_id)
         started = time.perf_counter()
-        status = 500
+        status = 0  # no answer started
         raw_id = request_id.encode()
 
         async def send_with_id(message: Message) -> None:
@@ -545,14 +669,20 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if self.on_error is not None:
+                answer = await self.on_error(scope, exc)
+                if not status:
+                    await answer(scope, receive, send_with_id)
+            raise
         finally:
+            status = status or 500
             duration = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope["method"]
-            requests, latency = self.metrics.request_series(route, method, status)
-            tally = self.metrics.tally
-            tally.inc(requests)
-            tally.observe(latency, duration)
+            metrics = self.metrics
+            metrics.request_done(route, method, status, duration)
+            tally = metrics.tally
             if tally.immediate or tally.owner is None:
                 tally.flush()
             state = scope.get("state") or {}

@@ -206,14 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                     full=name != "ours_lightgbm",
                 )
             log(f"{name}: {results[name]}")
-        port = servers.free_port()
-        with servers.running(
-            "bare", servers.bare_command(port), port, ready_path="/", log_dir=tmp
-        ) as server:
-            results["bare"] = {"ready_s": server.ready_s} | one_row(
-                server, wrk, args, tmp, bodies["one"]
-            )
-        log(f"bare: {results['bare']}")
+        results["floor_pairs"] = floor_pairs(uri, bodies["one"], wrk, args, tmp, env=ours_env)
+        results["bare"] = results["floor_pairs"]["bare"]
+        log(f"floor pairs: {results['floor_pairs']}")
         if not args.no_monitoring_runs:
             results["overheads"] = overheads(uri, bodies["one"], wrk, args, tmp)
             log(f"overheads: {results['overheads']}")
@@ -394,16 +389,20 @@ def paired_one_row(
     tmp: Path,
     *,
     connections: tuple[int, ...] = (1,),
+    rounds: int = PAIRED_ROUNDS,
 ) -> dict[str, Any]:
-    """One-row wrk runs on servers that all run at once, taken in turn for ``PAIRED_ROUNDS``
-    rounds (each run ``args.duration / PAIRED_ROUNDS`` s): a slow minute of the machine then
-    touches every server alike. Per server and connection count: the median p50 and p99 of
-    the rounds and the requests/s over all of them."""
-    seconds = max(1.0, args.duration / PAIRED_ROUNDS)
+    """One-row wrk runs on servers that all run at once, taken in turn for ``rounds`` rounds
+    (each run ``args.duration / rounds`` s, at least 1), the order reversed every other round:
+    a slow minute of the machine then touches every server alike, and none is always first.
+    Per server and connection count: the median p50 and p99 of the rounds, the requests/s
+    over all of them, and each round's figures (for ratios taken round by round)."""
+    seconds = max(1.0, args.duration / rounds)
     runs: dict[tuple[str, int], list[Any]] = {}
-    for _ in range(PAIRED_ROUNDS):
+    names = list(servers_by_name)
+    for i in range(rounds):
         for c in connections:
-            for name, server in servers_by_name.items():
+            for name in names if i % 2 == 0 else names[::-1]:
+                server = servers_by_name[name]
                 result = load.run_wrk(
                     wrk, server.base + "/invocations", one, content_type=JSON, connections=c,
                     seconds=seconds, threads=1, work_dir=tmp,
@@ -419,11 +418,45 @@ def paired_one_row(
             "errors": sum(r.errors for r in results),
             "p50_ms": float(np.median([r.p50_ms for r in results])),
             "p50_rounds": [r.p50_ms for r in results],
+            "p99_rounds": [r.p99_ms for r in results],
             "rps_rounds": [r.requests / r.seconds for r in results],
             "p99_ms": float(np.median([r.p99_ms for r in results])),
             "rps": sum(r.requests for r in results) / sum(r.seconds for r in results),
         }
     return out
+
+
+FLOOR_ROUNDS = 10
+
+
+def floor_pairs(
+    uri: str, one: Path, wrk: str, args: argparse.Namespace, tmp: Path, *, env: dict[str, str]
+) -> dict[str, Any]:
+    """This service (``env``: the compile cache the first run filled) and the bare ASGI app
+    (``bench.bare``, the HTTP floor) running at once, measured in turn (``paired_one_row``,
+    up to ``FLOOR_ROUNDS`` rounds of 1 and ``--connections`` connections): the floor ratios
+    are taken round by round, each from two runs seconds apart, not from runs minutes apart
+    while the machine's speed swings 2x."""
+    with contextlib.ExitStack() as stack:
+        running: dict[str, servers.Server] = {}
+        port = servers.free_port()
+        command = servers.ours_command(uri, port, args.workers)
+        log(f"starting ours (beside the floor): {' '.join(command[1:])}")
+        running["ours"] = stack.enter_context(
+            servers.running(
+                "ours_floor", command, port, ready_path="/health/ready", log_dir=tmp, env=env
+            )
+        )
+        port = servers.free_port()
+        running["bare"] = stack.enter_context(
+            servers.running("bare", servers.bare_command(port), port, ready_path="/", log_dir=tmp)
+        )
+        rounds = max(2, min(FLOOR_ROUNDS, round(args.duration)))
+        out = paired_one_row(
+            running, one, wrk, args, tmp, connections=(1, args.connections), rounds=rounds
+        )
+        out["bare"]["ready_s"] = running["bare"].ready_s
+        return out
 
 
 SHADOW_BLOCKS = 10
@@ -622,27 +655,6 @@ def measure(
     else:
         out["rss_mb"] = out["rss_scoring_mb"]  # nothing ran since
     out["pss_mb"] = server.rss_bytes()[1] / 2**20
-    return out
-
-
-def one_row(
-    server: servers.Server, wrk: str, args: argparse.Namespace, tmp: Path, body: Path
-) -> dict[str, Any]:
-    """One-row throughput only, at 1 and at ``--connections`` connections."""
-    url = server.base + "/invocations"
-    out: dict[str, Any] = {}
-    for key, connections in (("c1", 1), ("cn", args.connections)):
-        result = load.run_wrk(
-            wrk,
-            url,
-            body,
-            content_type=JSON,
-            connections=connections,
-            seconds=args.duration,
-            threads=1,
-            work_dir=tmp,
-        )
-        out[key] = vars(result) | {"rps": result.rps}
     return out
 
 

@@ -88,7 +88,7 @@ class CompiledForest:
         # dense-row reader drops them as zeros); lleaves compares them as they are, which
         # differs at a split on zero. A few milliseconds for 10,000 rows buys equal answers.
         tiny = np.abs(x) <= ZERO_THRESHOLD
-        if tiny.any():
+        if np.count_nonzero(tiny):  # (``tiny.any()`` goes through Python: ~2 us more)
             x = np.where(tiny, 0.0, x)
         if threads <= 1:
             few = self._few

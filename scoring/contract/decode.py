@@ -469,9 +469,9 @@ def _columns_prefix(features: Sequence[str]) -> bytes:
     return pair[1]
 
 
-_NUMBERS = b"0123456789.eE+-,[]nul"
-"""Every byte the data of a split body of numbers and nulls may hold (``n``, ``u``, ``l``: in
-valid JSON only as ``null``)."""
+_NUMBERS = b"0123456789.eE+-,]nul"
+"""Every byte the data of a split body of numbers and nulls may hold but ``[`` (``n``, ``u``,
+``l``: in valid JSON only as ``null``)."""
 
 
 def _canonical_split(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarray | None:
@@ -482,8 +482,9 @@ def _canonical_split(body: bytes, features: Sequence[str], max_rows: int) -> np.
     spacing or key order), and ``_plain_split`` goes on as for any body.
 
     The data's values are checked on its bytes, not one by one after parsing: nothing but
-    numbers, nulls, commas and brackets, and as many decimal points and nulls together as
-    values (a JSON integer has no point: declined, as ``_plain_rows`` does). orjson never
+    numbers, nulls, commas and brackets, and (once parsed) one ``[`` per row and one around
+    them: no array nested in a row. Integers read as the contract reads them (as floats;
+    beyond 64 bits the parsers refuse them and the contract's path answers). orjson never
     gives an infinity (it refuses ``1e999``), and numpy refuses ragged or nested rows."""
     prefix = _columns_prefix(features)
     if not body.startswith(prefix) or not body.endswith(b"}"):
@@ -503,10 +504,9 @@ def _canonical_split(body: bytes, features: Sequence[str], max_rows: int) -> np.
             return None
         # Everything up to the closing brace: a key after the data leaves invalid JSON.
         data = body[at + 7 : -1]
-        if data.translate(None, _NUMBERS) or (
-            data.count(b".") + data.count(b"n") != data.count(b",") + 1
-        ):
-            return None
+        opens = data.translate(None, _NUMBERS)
+        if opens.strip(b"["):
+            return None  # a byte that is none of those
         x: np.ndarray | None
         if b"n" in data:  # nulls (missing values): numpy reads None as NaN
             rows = orjson.loads(data)
@@ -514,7 +514,9 @@ def _canonical_split(body: bytes, features: Sequence[str], max_rows: int) -> np.
                 return None
             x = np.array(rows, dtype=np.float64)
         else:
-            x = _numbers_matrix(data, len(features), max_rows, index if indexed else None)
+            x = _numbers_matrix(
+                data, len(features), max_rows, index if indexed else None, len(opens)
+            )
     except (orjson.JSONDecodeError, ValueError, TypeError, RuntimeError):
         return None  # invalid JSON; ragged or nested rows; a parser in use
     if x is None or x.ndim != 2 or x.shape[1] != len(features):
@@ -522,11 +524,14 @@ def _canonical_split(body: bytes, features: Sequence[str], max_rows: int) -> np.
     return x
 
 
-def _numbers_matrix(data: bytes, width: int, max_rows: int, index: Any | None) -> np.ndarray | None:
+def _numbers_matrix(
+    data: bytes, width: int, max_rows: int, index: Any | None, opens: int
+) -> np.ndarray | None:
     """The rows of a JSON array of arrays of numbers (no nulls), read by simdjson straight into
     a float buffer (a third of orjson's list of floats and numpy's copy of it); ``None`` unless
     it holds 1 to ``max_rows`` rows of ``width`` numbers (and ``index``, if given, as many ints
-    or strings). Raises ``ValueError`` for invalid JSON."""
+    or strings). ``opens``: how many ``[`` the data holds. Raises ``ValueError`` for invalid
+    JSON, ``RuntimeError`` for an integer beyond 64 bits."""
     import simdjson
 
     parser = _parser(len(data))
@@ -537,7 +542,7 @@ def _numbers_matrix(data: bytes, width: int, max_rows: int, index: Any | None) -
         n = len(rows)
         if not _row_count_and_index(n, index, max_rows):
             return None
-        if data.count(b"[") != n + 1:
+        if opens != n + 1:
             return None  # an array in a row: ``as_buffer`` would flatten it in
         if n > 1 and not all(isinstance(r, simdjson.Array) and len(r) == width for r in rows):
             return None  # ragged rows: ``as_buffer`` would flatten them into a matrix

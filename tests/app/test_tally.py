@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from app.observability import LATENCY_BUCKETS, Tally
+from app.observability import LATENCY_BUCKETS, ONE_ROWS_KEPT, Metrics, Tally
 
 VALUES = [0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.25, 2.0, 30.0, 31.0, 0.0005]
 
@@ -68,3 +70,41 @@ def test_other_threads_and_an_unowned_tally_update_at_once() -> None:
     assert counter.labels("/a")._value.get() == 3
     tally.flush()
     assert counter.labels("/a")._value.get() == 4
+
+
+def _metric_lines(metrics: Metrics) -> list[str]:
+    text = metrics.render()[0].decode()
+    return sorted(
+        ln for ln in text.splitlines() if ln and not ln.startswith("#") and "_created" not in ln
+    )
+
+
+def test_one_row_scorings_noted_on_the_loop_count_as_direct_updates_do() -> None:
+    """One-row scorings and requests on the owner's thread are noted as tuples and counted
+    with numpy at the flush (or once ``ONE_ROWS_KEPT`` wait): the same exposition as each one
+    counted at once, with several models and statuses, a NaN prediction, latencies on and
+    between bucket bounds."""
+    rng = np.random.default_rng(3)
+    values = [*rng.random(40).tolist(), 0.1, 0.5, 1.0, 0.0, float("nan")]
+    latencies = [*rng.random(len(values) - 3).tolist(), 0.005, 0.0005, 40.0]
+    models = [("santander", "3", "champion"), ("santander", "4", "challenger")]
+    direct, noted = Metrics(), Metrics()
+    noted.tally.own()
+    for i, (value, seconds) in enumerate(zip(values, latencies, strict=True)):
+        for metrics in (direct, noted):
+            metrics.observe_scoring(np.array([value]), models[i % 2], seconds)
+            metrics.request_done("/invocations", "POST", 200 if i % 3 else 422, seconds)
+    assert noted._one_rows and not direct._one_rows  # the unowned tally counted at once
+    assert noted._requests and not direct._requests
+    direct.tally.flush()
+    assert _metric_lines(noted) != _metric_lines(direct)  # noted, not yet counted
+    noted.tally.flush()
+    assert not noted._one_rows and not noted._requests
+    got, want = _metric_lines(noted), _metric_lines(direct)
+    assert [ln.rsplit(" ", 1)[0] for ln in got] == [ln.rsplit(" ", 1)[0] for ln in want]
+    for a, b in zip(got, want, strict=True):  # sums may differ in the last bits
+        assert float(a.rsplit(" ", 1)[1]) == pytest.approx(float(b.rsplit(" ", 1)[1]), rel=1e-12)
+
+    for _ in range(ONE_ROWS_KEPT):  # a full list is counted without a flush
+        noted.observe_scoring(np.array([0.3]), models[0], 0.001)
+    assert not noted._one_rows

@@ -46,6 +46,12 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert swaps["swaps"] == 2 and swaps["backend_after_swaps"] == "lleaves"
     assert swaps["rss_cold_mb"] > 0 and swaps["rss_after_swaps_mb"] > 0
     assert results["bare"]["c1"]["requests"] > 0
+    pairs = results["floor_pairs"]  # ours and the floor side by side, round by round
+    for name in ("ours", "bare"):
+        for level in ("c1", "cn"):
+            run = pairs[name][level]
+            assert run["rounds"] == 2 and run["errors"] == 0
+            assert len(run["p50_rounds"]) == len(run["p99_rounds"]) == len(run["rps_rounds"]) == 2
     overheads = results["overheads"]
     for name in ("ours", "ours_no_drift", "ours_log", "ours_quiet"):
         assert overheads[name]["c1"]["requests"] > 0 and overheads[name]["cn"]["errors"] == 0
@@ -69,6 +75,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert "Arrow IPC stream" in table and "Parquet" in table
     assert "Resident memory across model swaps" in table
     assert "A shadow challenger" in table
+    assert "measured in turn for 2 rounds" in table
     assert "Against the HTTP floor" in table and "What monitoring and the access log cost" in table
     assert "| 1 row, 1 connection: p50 latency (ms) |" in table.split("**POST /explain**")[1]
     assert table in proc.stdout  # the same table is printed

@@ -130,8 +130,7 @@ def test_the_canonical_path_takes_what_pandas_writes_and_declines_the_rest() -> 
         "an object index": plain.replace(b'"index":[0,1,2]', b'"index":{"a":1}', 1),
         "index too short": plain.replace(b'"index":[0,1,2]', b'"index":[0,1]', 1),
         "a trailing space": plain + b" ",
-        "integers": no_index.replace(b"null", b"1", 1),
-        "an exponent without a point": no_index.replace(b"null", b"1e-05", 1),
+        "an integer beyond 64 bits": no_index.replace(b"null", b"1" + b"0" * 30, 1),
         "a boolean": plain.replace(b"null", b"true", 1),
         "a ragged row": plain.replace(b"null,", b"", 1),
         "a row in a row": plain.replace(b"null", b"[1.5]", 1),
@@ -144,11 +143,21 @@ def test_the_canonical_path_takes_what_pandas_writes_and_declines_the_rest() -> 
     }
     for what, body in declined.items():
         assert decode._canonical_split(body, FEATURES, MAX_ROWS) is None, what
+    # Numbers without a point are read as the contract reads them (as floats), nulls or not.
+    for what, number, value in (
+        ("an integer", b"1", 1.0),
+        ("an exponent without a point", b"1e-05", 1e-05),
+        ("an integer past 2**53", b"9007199254740993", 9007199254740992.0),
+        ("a negative zero", b"-0", 0.0),
+    ):
+        for body in (no_index.replace(b"null", number, 1), plain.replace(b",null", b"," + number)):
+            x = decode._canonical_split(body, FEATURES, MAX_ROWS)
+            assert x is not None and x[0, 7] == value, what
+            contract = decode.validate_json(body, tuple(FEATURES), MAX_ROWS)
+            np.testing.assert_array_equal(x, contract)
     # The general path still reads what it read before; the contract decides the rest.
     assert decode._plain_split(declined["spaces"], FEATURES, MAX_ROWS) is not None
     assert decode._plain_split(declined["index after data"], FEATURES, MAX_ROWS) is not None
-    taken = decode._plain_split(declined["an exponent without a point"], FEATURES, MAX_ROWS)
-    assert taken is not None and taken[0, 7] == 1e-05
     for what in ("a key twice", "index twice", "an object index", "a string value"):
         assert decode._plain_split(declined[what], FEATURES, MAX_ROWS) is None, what
 

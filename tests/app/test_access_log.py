@@ -1,0 +1,70 @@
+"""The access log: one line per request, formatted on the request's thread and written in
+batches by a thread of its own, in the service's text or JSON format."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+
+from app.observability import AccessLog
+
+STATE = {"model": "santander/3", "model_version": "3", "rows": 2, "model_role": "champion"}
+
+
+def test_text_lines_are_written_in_order_once_flushed() -> None:
+    stream = io.StringIO()
+    log = AccessLog("text", stream)
+    log.write("id-1", "POST", "/invocations", 200, duration=0.0015, state=STATE)
+    log.write("id-2", "GET", "/health/ready", 503, duration=0.25, state={})
+    log.close()
+    lines = stream.getvalue().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(
+        stamp + r" INFO \[id-1\] app\.access: POST /invocations 200 1\.5ms santander/3", lines[0]
+    ), lines[0]
+    assert re.fullmatch(
+        stamp + r" INFO \[id-2\] app\.access: GET /health/ready 503 250\.0ms", lines[1]
+    ), lines[1]
+    assert len(lines) == 2
+
+
+def test_json_lines_carry_every_field() -> None:
+    stream = io.StringIO()
+    log = AccessLog("json", stream)
+    log.write("id-3", "POST", "/invocations", 200, duration=0.002, state=STATE)
+    log.flush()
+    (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", line.pop("time"))
+    assert line == {
+        "level": "INFO",
+        "logger": "app.access",
+        "message": "POST /invocations 200 2.0ms santander/3",
+        "request_id": "id-3",
+        "method": "POST",
+        "path": "/invocations",
+        "status": 200,
+        "duration_ms": 2.0,
+        "rows": 2,
+        "model_version": "3",
+        "key_id": None,
+        "model": "santander/3",
+        "model_role": "champion",
+    }
+    log.close()
+    assert stream.getvalue().count("\n") == 1  # nothing written twice
+
+
+def test_the_writer_thread_writes_without_being_asked() -> None:
+    stream = io.StringIO()
+    log = AccessLog("text", stream)
+    for i in range(3):
+        log.write(f"id-{i}", "POST", "/invocations", 200, duration=0.001, state={})
+    waited = 0.0
+    while stream.getvalue().count("\n") < 3 and waited < 5:
+        time.sleep(0.01)
+        waited += 0.01
+    assert stream.getvalue().count("\n") == 3  # within a few FLUSH_SECONDS, unprompted
+    log.close()
+    assert stream.getvalue().count("\n") == 3
