@@ -12,16 +12,25 @@ The model comes from ``MLFLOW_TRACKING_URI`` like the service's; the body is the
 of ``BLOCK`` requests each, in one process: this machine's speed drifts by up to 2x within a
 minute, which separate runs cannot tell from a 5% cost; blocks side by side can. Prints each
 app's CPU per request and the median of the blocks' ratios.
+
+``--opcodes N`` counts instead of timing: the bytecodes Python runs per request (and the calls
+of Python functions), in total and for the ``N`` busiest functions, by ``sys.settrace``. The
+count does not move with the machine's speed: the same code gives the same figure, so a change
+to the hot path can be weighed on a machine too noisy to time it (C work, such as parsing or
+the compiled trees, is not in it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import sys
 import time
+import types
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1)
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--against", nargs="*", default=[], metavar="SETTING=VALUE")
+    p.add_argument("--opcodes", type=int, default=None, metavar="N")
     args = p.parse_args(argv)
     os.environ["MODEL_URI"] = args.model_uri
     os.environ.setdefault("COMPILE_IN_BACKGROUND", "false")
@@ -110,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                     await ready(other)
                     await compare()
                 return
+            if args.opcodes is not None:
+                await count_opcodes(args.opcodes)
+                return
             wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(args.requests):
                 await one()
@@ -118,6 +131,36 @@ def main(argv: list[str] | None = None) -> int:
                 f"{method} {args.path}: {wall / args.requests * 1e6:.1f} us per request "
                 f"(CPU {cpu / args.requests * 1e6:.1f} us), {args.requests} requests"
             )
+
+    async def count_opcodes(top: int) -> None:
+        opcodes: collections.Counter[str] = collections.Counter()
+        calls: collections.Counter[str] = collections.Counter()
+        root = str(Path(__file__).resolve().parents[1]) + os.sep
+
+        def trace(frame: types.FrameType, event: str, arg: object) -> Any:
+            frame.f_trace_opcodes = True
+            code = frame.f_code
+            name = code.co_filename.split("site-packages" + os.sep)[-1].replace(root, "")
+            key = f"{name}:{code.co_name}"
+            if event == "opcode":
+                opcodes[key] += 1
+            elif event == "call":
+                calls[key] += 1
+            return trace
+
+        sys.settrace(trace)
+        try:
+            for _ in range(args.requests):
+                await one()
+        finally:
+            sys.settrace(None)
+        n = args.requests
+        print(
+            f"{method} {args.path}: {sum(opcodes.values()) / n:.0f} bytecodes and "
+            f"{sum(calls.values()) / n:.0f} Python calls per request ({n} requests)"
+        )
+        for key, count in opcodes.most_common(top):
+            print(f"{count / n:8.1f} {calls[key] / n:6.1f}  {key}")
 
     async def compare() -> None:
         cpu: dict[str, list[float]] = {"as set": [], "against": []}

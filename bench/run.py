@@ -322,23 +322,32 @@ SCALING_CONNECTIONS = 64
 
 
 def scaling(uri: str, wrk: str, args: argparse.Namespace, tmp: Path, one: Path) -> dict[str, Any]:
-    """One-row requests per second at 64 connections with one worker, then with one worker per
-    core: how the service scales with workers on this machine (wrk shares its cores)."""
+    """One-row requests per second at 64 connections with one worker and with one worker per
+    core: how the service scales with workers on this machine (wrk shares its cores). Both
+    servers run at once and are measured in turn (``paired_one_row``), the ratio taken round
+    by round."""
     cores = os.cpu_count() or 1
     env = {"COMPILED_CACHE_DIR": str(args.cache / "lleaves"), "COMPILE_IN_BACKGROUND": "false"}
     out: dict[str, Any] = {"cores": cores, "connections": SCALING_CONNECTIONS}
-    for workers in sorted({1, cores}):
-        port = servers.free_port()
-        command = servers.ours_command(uri, port, workers)
-        log(f"starting ours ({workers} worker(s)): {' '.join(command[1:])}")
-        with servers.running(
-            f"ours_w{workers}", command, port, ready_path="/health/ready", log_dir=tmp, env=env
-        ) as server:
-            result = load.run_wrk(
-                wrk, server.base + "/invocations", one, content_type=JSON,
-                connections=SCALING_CONNECTIONS, seconds=args.duration, threads=2, work_dir=tmp,
+    with contextlib.ExitStack() as stack:
+        running: dict[str, servers.Server] = {}
+        for workers in sorted({1, cores}):
+            port = servers.free_port()
+            command = servers.ours_command(uri, port, workers)
+            log(f"starting ours ({workers} worker(s)): {' '.join(command[1:])}")
+            running[f"w{workers}"] = stack.enter_context(
+                servers.running(
+                    f"ours_w{workers}", command, port, ready_path="/health/ready", log_dir=tmp,
+                    env=env,
+                )
             )  # fmt: skip
-        out[f"w{workers}"] = vars(result) | {"rps": result.rps}
+        rounds = max(2, min(FLOOR_ROUNDS, round(args.duration)))
+        pairs = paired_one_row(
+            running, one, wrk, args, tmp, connections=(SCALING_CONNECTIONS,), rounds=rounds,
+            threads=2,
+        )  # fmt: skip
+    for name, result in pairs.items():
+        out[name] = result["cn"]
     return out
 
 
@@ -390,22 +399,26 @@ def paired_one_row(
     *,
     connections: tuple[int, ...] = (1,),
     rounds: int = PAIRED_ROUNDS,
+    threads: int = 1,
 ) -> dict[str, Any]:
     """One-row wrk runs on servers that all run at once, taken in turn for ``rounds`` rounds
-    (each run ``args.duration / rounds`` s, at least 1), the order reversed every other round:
-    a slow minute of the machine then touches every server alike, and none is always first.
+    (each run ``args.duration / rounds`` s, at least 1, after a few requests not counted:
+    ``load.warm``), the order reversed every other round: a slow minute of the machine then
+    touches every server alike, and none is always first.
     Per server and connection count: the median p50 and p99 of the rounds, the requests/s
     over all of them, and each round's figures (for ratios taken round by round)."""
     seconds = max(1.0, args.duration / rounds)
     runs: dict[tuple[str, int], list[Any]] = {}
     names = list(servers_by_name)
+    body = one.read_bytes()
     for i in range(rounds):
         for c in connections:
             for name in names if i % 2 == 0 else names[::-1]:
                 server = servers_by_name[name]
+                load.warm(server.base + "/invocations", body, JSON)
                 result = load.run_wrk(
                     wrk, server.base + "/invocations", one, content_type=JSON, connections=c,
-                    seconds=seconds, threads=1, work_dir=tmp,
+                    seconds=seconds, threads=threads, work_dir=tmp,
                 )  # fmt: skip
                 runs.setdefault((name, c), []).append(result)
     out: dict[str, Any] = {}
