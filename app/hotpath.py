@@ -16,6 +16,7 @@ Error answers come from ``error_response``, which the app's ``ServiceError`` han
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -109,42 +110,20 @@ def bearer_token(authorization: str | None) -> str | None:
     return credentials
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Plane:
     """What the scoring paths read on every request, gathered once per app
     (``app.state.plane``, set by ``create_app``): each read of Starlette's ``State`` is a
     Python-level ``__getattr__`` call, and a one-row request made eight."""
 
-    __slots__ = (
-        "admission",
-        "api_keys",
-        "challenger",
-        "holder",
-        "in_flight",
-        "metrics",
-        "settings",
-        "shadow",
-    )
-
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        metrics: Metrics,
-        holder: ModelHolder,
-        challenger: ModelHolder | None,
-        shadow: Shadow | None,
-        in_flight: InFlight,
-        admission: Admission,
-        api_keys: ApiKeys | None,
-    ) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.holder = holder
-        self.challenger = challenger
-        self.shadow = shadow
-        self.in_flight = in_flight
-        self.admission = admission
-        self.api_keys = api_keys
+    settings: Settings
+    metrics: Metrics
+    holder: ModelHolder
+    challenger: ModelHolder | None
+    shadow: Shadow | None
+    in_flight: InFlight
+    admission: Admission
+    api_keys: ApiKeys | None
 
 
 def plane_of(request: Request) -> Plane:
