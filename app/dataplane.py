@@ -189,16 +189,14 @@ def declared_size(request: Request) -> int | None:
 
 
 async def reserve_memory(
-    request: Request,
     kind: str,
     settings: Settings,
     budget: MemoryBudget,
-    declared: int | Unread | None = UNREAD,
+    declared: int | None,
 ) -> Reservation:
-    """Reserve what this request will need by its declared size (or a first step of a body
-    without one), waiting briefly for room; 503 (or 413) when there is none."""
-    if isinstance(declared, Unread):
-        declared = declared_size(request)
+    """Reserve what this request will need by its declared size (``Content-Length``, or a
+    first step of a body without one), waiting briefly for room; 503 (or 413) when there is
+    none."""
     if declared is not None and declared > settings.max_body_bytes:
         raise PayloadTooLarge(
             f"the body is {declared} bytes; the limit is {settings.max_body_bytes}"
@@ -336,7 +334,7 @@ async def handle(
     declared = declared_size(request)
     # Bodies arriving, then memory, then (once the body is in) a scoring slot.
     with admission.body_reads.enter():
-        reservation = await reserve_memory(request, kind, settings, admission.memory, declared)
+        reservation = await reserve_memory(kind, settings, admission.memory, declared)
         try:
             body = await read_body(request, settings, metrics, reservation, declared=declared)
             reserve_decoded(body, reservation)
