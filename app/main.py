@@ -30,7 +30,13 @@ from app.hotpath import HotPath, Plane, error_response
 from app.limits import Admission, arrow_allocates_with_malloc, limit_arenas
 from app.model_holder import ModelHolder
 from app.monitoring import Monitoring
-from app.observability import Metrics, RequestContext, configure_logging, mark_worker_dead
+from app.observability import (
+    FLUSH_SECONDS,
+    Metrics,
+    RequestContext,
+    configure_logging,
+    mark_worker_dead,
+)
 from app.routes import admin, explain, health, invocations, model, monitoring, v2
 from scoring.contract.models import contract_for, invocations_openapi
 from scoring.errors import ServiceError
@@ -194,6 +200,8 @@ def create_app(
     async def prometheus_metrics() -> Response:
         """Prometheus text format: requests, latency, rows, probabilities, the model, loads."""
         metrics.tally.flush()  # on the loop, the tally's only writer
+        if metrics.multiprocess:  # every worker's answers so far written to the files
+            await asyncio.sleep(2 * FLUSH_SECONDS)
         content, media = await run_in_threadpool(metrics.render)
         return Response(content, media_type=media)
 

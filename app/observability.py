@@ -7,6 +7,7 @@ three. With several workers, metrics are shared through ``PROMETHEUS_MULTIPROC_D
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import bisect
 import contextvars
@@ -70,6 +71,9 @@ PROBABILITY_BUCKETS = (*(round(0.1 * i, 1) for i in range(1, 10)), 1.0)
 _EDGES = (*PROBABILITY_BUCKETS, math.inf)
 _EDGES_ARRAY = np.array(_EDGES)
 SMALL_BATCH = 32
+FLUSH_SECONDS = 0.002
+"""With several workers, how long a request's metrics may wait to be written to the shared
+files (and how long ``/metrics`` waits before reading them)."""
 ONE_ROWS_KEPT = 1024
 """One-row scorings (and requests) noted before they are counted, if ``/metrics`` was not read
 meanwhile."""
@@ -97,18 +101,23 @@ class Tally:
     of the loop's own thread, without a lock: the loop is the only writer (``own`` names it)
     and the only flusher (``/metrics`` flushes on the loop before rendering). Updates from any
     other thread (big bodies scored in threads) go straight to their series, as before. With
-    several workers (``immediate``) every request flushes at its end, since ``/metrics`` is
-    read by one worker from every worker's files: each figure is then as exact as before.
+    several workers (``immediate``), ``/metrics`` is read by one worker from every worker's
+    files, so a request's updates reach this worker's files ``FLUSH_SECONDS`` after its answer
+    at the latest (``flush_soon``), once for all the requests answered meanwhile (each
+    update a file write otherwise), and ``/metrics`` waits that long before reading the files.
 
     Histograms are kept as bucket counts and a sum (the buckets found as Prometheus' own
     ``observe`` finds them), so the tally holds a few numbers per series, however many
     requests come between scrapes.
     """
 
-    __slots__ = ("before_flush", "buckets", "counts", "immediate", "owner", "samples", "sums")
+    __slots__ = (
+        "before_flush", "buckets", "counts", "flush_due", "immediate", "owner", "samples", "sums"
+    )  # fmt: skip
 
     def __init__(self, immediate: bool = False) -> None:
         self.immediate = immediate
+        self.flush_due = False
         self.owner: int | None = None
         self.counts: dict[Any, float] = {}
         self.sums: dict[Any, float] = {}
@@ -182,6 +191,17 @@ class Tally:
         """Set ``gauge`` to ``read()`` at every ``flush`` (a count the app keeps anyway, such as
         the requests in progress, instead of a gauge update per change)."""
         self.samples.append((gauge, read))
+
+    def flush_soon(self) -> None:
+        """``flush`` in ``FLUSH_SECONDS`` (on the loop's thread), unless one is due already:
+        every request answered meanwhile shares the one flush."""
+        if not self.flush_due:
+            self.flush_due = True
+            asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self.flush_due = False
+        self.flush()
 
     def flush(self) -> None:
         """Add what was kept to the series (on the owning thread, or before it owns this)."""
@@ -683,8 +703,10 @@ class RequestContext:
             metrics = self.metrics
             metrics.request_done(route, method, status, duration)
             tally = metrics.tally
-            if tally.immediate or tally.owner is None:
+            if tally.owner is None:
                 tally.flush()
+            elif tally.immediate:
+                tally.flush_soon()
             state = scope.get("state") or {}
             if access_log.isEnabledFor(logging.INFO):
                 writer = _access_writer

@@ -3,13 +3,22 @@ Prometheus' own updates."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from app.observability import LATENCY_BUCKETS, ONE_ROWS_KEPT, Metrics, Tally
+from app import observability
+from app.observability import (
+    LATENCY_BUCKETS,
+    ONE_ROWS_KEPT,
+    Metrics,
+    RequestContext,
+    Tally,
+)
 
 VALUES = [0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.25, 2.0, 30.0, 31.0, 0.0005]
 
@@ -108,3 +117,58 @@ def test_one_row_scorings_noted_on_the_loop_count_as_direct_updates_do() -> None
     for _ in range(ONE_ROWS_KEPT):  # a full list is counted without a flush
         noted.observe_scoring(np.array([0.3]), models[0], 0.001)
     assert not noted._one_rows
+
+
+def test_several_workers_flush_once_for_the_requests_of_a_moment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With several workers (``immediate``: the figures live in files other workers read),
+    the requests answered within ``FLUSH_SECONDS`` are flushed together, once, that long after
+    the first: not one file write per update per request."""
+    wait = 0.2  # long enough that three requests surely fall within it on a busy machine
+    monkeypatch.setattr(observability, "FLUSH_SECONDS", wait)
+    metrics = Metrics()
+    metrics.tally = Tally(immediate=True)
+    flushes: list[int] = []
+    metrics.tally.before_flush.append(lambda: flushes.append(len(flushes)))
+    requests = metrics.requests.labels("/p", "GET", "200")
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    context = RequestContext(answer, metrics)
+
+    async def one() -> None:
+        scope = {"type": "http", "method": "GET", "path": "/p", "headers": [], "route": _Route()}
+
+        async def send(message: Any) -> None:
+            pass
+
+        await context(scope, _no_body, send)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        metrics.tally.own()
+        started = loop.time()
+        await one()
+        for _ in range(2):
+            await asyncio.sleep(0)
+            await one()
+        assert loop.time() - started < wait  # all three within the moment
+        assert requests._value.get() == 0 and not flushes  # kept
+        await asyncio.sleep(wait * 1.5)
+        assert requests._value.get() == 3 and flushes == [0]  # one flush for the three
+        await one()
+        await asyncio.sleep(wait * 1.5)
+        assert requests._value.get() == 4 and flushes == [0, 1]
+
+    asyncio.run(main())
+
+
+class _Route:
+    path = "/p"
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}

@@ -154,6 +154,18 @@ def test_reload_under_load_drops_nothing_and_switches(versions: dict, tmp_path) 
             f"{base}/invocations", content=v["body"], headers={**JSON, "X-Request-ID": "trace-me-7"}
         )
         assert r.headers["x-request-id"] == "trace-me-7"
+
+        # An answer is on /metrics as soon as it is in, whichever worker answers either (each
+        # call a fresh connection; a worker writes its figures to the shared files a moment
+        # after its answers, and /metrics waits that moment out).
+        def answered() -> float:
+            text = httpx.get(f"{base}/metrics").text
+            return metric(text, "http_requests_total", route="/invocations", status="200")
+
+        before = answered()
+        for i in range(1, 11):
+            assert httpx.post(f"{base}/invocations", content=v["body"], headers=JSON).is_success
+            assert answered() == before + i
         time.sleep(0.5)
     v["client"].set_registered_model_alias(v["name"], "champion", v["v1"])
 
