@@ -41,7 +41,7 @@ from app.observability import Metrics, request_id_var
 from scoring.drift import ACT, WATCH, status_of, window_psi
 from scoring.loading import LoadedModel
 
-FLUSH_ROWS = 256
+FLUSH_ROWS = 32
 """Scored rows noted before they are copied into the drift window at once."""
 
 log = logging.getLogger(__name__)

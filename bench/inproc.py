@@ -2,7 +2,7 @@
 generator out of the figure (how ``bench/results/hot-path.md`` was measured).
 
     python -m bench.inproc --model-uri runs:/<id>/model [--path /invocations] [--rows 1]
-        [--requests 5000] [--against DRIFT_WINDOW=0 ...]
+        [--requests 5000] [--against DRIFT_WINDOW=0 ...] [--tail] [--opcodes N]
 
 The model comes from ``MLFLOW_TRACKING_URI`` like the service's; the body is the split body of
 ``--rows`` rows ``make bench`` sends (one by default; ``--path`` may carry a query,
@@ -12,6 +12,10 @@ The model comes from ``MLFLOW_TRACKING_URI`` like the service's; the body is the
 of ``BLOCK`` requests each, in one process: this machine's speed drifts by up to 2x within a
 minute, which separate runs cannot tell from a 5% cost; blocks side by side can. Prints each
 app's CPU per request and the median of the blocks' ratios.
+
+``--tail`` times each request on its own (a turn of the event loop between them) and prints
+percentiles up to the slowest: what the service's own periodic work (metrics counted in
+batches, the drift window's copies, garbage collection) adds to a few requests in a thousand.
 
 ``--opcodes N`` counts instead of timing: the bytecodes Python runs per request (and the calls
 of Python functions), in total and for the ``N`` busiest functions, by ``sys.settrace``. The
@@ -48,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--against", nargs="*", default=[], metavar="SETTING=VALUE")
     p.add_argument("--opcodes", type=int, default=None, metavar="N")
+    p.add_argument("--tail", action="store_true")
     args = p.parse_args(argv)
     os.environ["MODEL_URI"] = args.model_uri
     os.environ.setdefault("COMPILE_IN_BACKGROUND", "false")
@@ -123,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.opcodes is not None:
                 await count_opcodes(args.opcodes)
                 return
+            if args.tail:
+                await tail()
+                return
             wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(args.requests):
                 await one()
@@ -131,6 +139,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"{method} {args.path}: {wall / args.requests * 1e6:.1f} us per request "
                 f"(CPU {cpu / args.requests * 1e6:.1f} us), {args.requests} requests"
             )
+
+    async def tail() -> None:
+        took = np.empty(args.requests)
+        for i in range(args.requests):
+            started = time.perf_counter()
+            await one()
+            took[i] = time.perf_counter() - started
+            await asyncio.sleep(0)  # a turn of the loop between requests, as a server has
+        us = took * 1e6
+        p50, p90, p99, p999, top = np.percentile(us, [50, 90, 99, 99.9, 100])
+        print(
+            f"{method} {args.path}: p50 {p50:.0f} p90 {p90:.0f} p99 {p99:.0f} p99.9 {p999:.0f} "
+            f"max {top:.0f} us; over 1 ms: {int(np.count_nonzero(us > 1000))} of "
+            f"{args.requests} requests"
+        )
 
     async def count_opcodes(top: int) -> None:
         opcodes: collections.Counter[str] = collections.Counter()

@@ -50,3 +50,16 @@ def test_opcode_counts_hold_still_between_runs(tmp_path: Path) -> None:
         assert len(busiest) == 5 and all(":" in line for line in busiest)
     assert counts[0] > 500  # a one-row request runs hundreds of lines of Python
     assert abs(counts[0] - counts[1]) <= counts[0] * 0.01
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.inproc", "--model-uri", uri, "--requests", "300", "--tail"],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=100, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = re.search(
+        r"p50 (\d+) p90 (\d+) p99 (\d+) p99.9 (\d+) max (\d+) us; over 1 ms: (\d+) of 300 ",
+        proc.stdout,
+    )
+    assert found, proc.stdout
+    figures = [int(g) for g in found.groups()[:5]]
+    assert figures == sorted(figures) and figures[0] > 0
