@@ -16,7 +16,6 @@ exactly what the contract's path would or declines, and the contract's path then
 from __future__ import annotations
 
 import functools
-import io
 import json
 import threading
 from collections.abc import Sequence
@@ -763,7 +762,7 @@ def parse_arrow(body: bytes, parquet: bool, features: Sequence[str], max_rows: i
         if parquet:
             import pyarrow.parquet as pq
 
-            table = pq.read_table(io.BytesIO(body))
+            table = pq.read_table(pa.BufferReader(body))  # zero-copy: BytesIO copies it
         else:
             reader = (
                 pa.ipc.open_stream(body)
