@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 from anyio import CapacityLimiter, to_thread
-from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from app.admission import InFlight
@@ -39,6 +38,20 @@ from scoring.explain import explain, reasons
 from scoring.loading import LoadedModel
 
 
+class Incoming(Protocol):
+    """What the data plane reads of a request: Starlette's ``Request`` (the FastAPI routes')
+    or the hot path's own ``HotRequest``."""
+
+    @property
+    def scope(self) -> MutableMapping[str, Any]: ...
+
+    @property
+    def receive(self) -> Callable[[], Awaitable[MutableMapping[str, Any]]]: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
 class Unread:
     """The type of ``UNREAD``: a header the caller has not read."""
 
@@ -47,7 +60,7 @@ UNREAD = Unread()
 
 
 async def read_body(
-    request: Request,
+    request: Incoming,
     settings: Settings,
     metrics: Metrics,
     reservation: Reservation | None = None,
@@ -182,7 +195,7 @@ def reserve_decoded(body: bytes, reservation: Reservation) -> None:
         reservation.grow(decoded - reservation.nbytes)
 
 
-def declared_size(request: Request) -> int | None:
+def declared_size(request: Incoming) -> int | None:
     """The body's ``Content-Length``, if it has a valid one."""
     declared = request.headers.get("content-length")
     return int(declared) if declared is not None and declared.isdigit() else None
@@ -313,7 +326,7 @@ settings, metrics, role=...)`` gives the answer's bytes and the rows and probabi
 
 
 async def handle(
-    request: Request,
+    request: Incoming,
     model: LoadedModel,
     *,
     settings: Settings,

@@ -19,7 +19,6 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 
@@ -27,7 +26,14 @@ from app.admission import InFlight
 from app.auth import ApiKeys
 from app.challenger import Shadow, routed_to_challenger
 from app.config import Settings
-from app.dataplane import CONTRIBUTION_COST, Scored, answer_headers, explain_body, handle
+from app.dataplane import (
+    CONTRIBUTION_COST,
+    Incoming,
+    Scored,
+    answer_headers,
+    explain_body,
+    handle,
+)
 from app.limits import Admission
 from app.model_holder import ModelHolder
 from app.observability import Metrics
@@ -52,17 +58,10 @@ class IndexedHeaders(Headers):
     authorization, the routing key). Same answers: the first of repeated headers.
     """
 
-    def __init__(
-        self,
-        headers: Any = None,
-        raw: list[tuple[bytes, bytes]] | None = None,
-        scope: Any = None,
-    ) -> None:
-        super().__init__(headers, raw, scope)
-        index: dict[str, str] = {}
-        for key, value in self._list:
-            index.setdefault(key.decode("latin-1"), value.decode("latin-1"))
-        self._index = index
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        # Not Headers.__init__ (a Python call and checks to set ``_list``, all it keeps).
+        self._list = raw
+        self._index = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
 
     def __getitem__(self, key: str) -> str:
         try:
@@ -77,16 +76,16 @@ class IndexedHeaders(Headers):
         return isinstance(key, str) and key.lower() in self._index
 
 
-class HotRequest(Request):
-    """A ``Request`` whose headers are ``IndexedHeaders``, made with it."""
+class HotRequest:
+    """What the scoring paths read of a request (``Incoming``: its scope, ``receive`` and
+    headers), made in one call: Starlette's ``Request`` took four Python calls to make."""
+
+    __slots__ = ("headers", "receive", "scope")
 
     def __init__(self, scope: Any, receive: Any) -> None:
-        super().__init__(scope, receive)
-        self._headers = IndexedHeaders(scope=scope)
-
-    @property
-    def headers(self) -> Headers:
-        return self._headers
+        self.scope = scope
+        self.receive = receive
+        self.headers = IndexedHeaders(scope["headers"])
 
 
 def error_response(method: str, exc: ServiceError) -> JSONResponse:
@@ -126,13 +125,13 @@ class Plane:
     api_keys: ApiKeys | None
 
 
-def plane_of(request: Request) -> Plane:
+def plane_of(request: Incoming) -> Plane:
     """The app's ``Plane``."""
     plane: Plane = request.scope["app"].state.plane
     return plane
 
 
-def check_api_key(request: Request, token: str | None) -> str | None:
+def check_api_key(request: Incoming, token: str | None) -> str | None:
     """The id of the caller's API key; ``None`` when no keys are configured. 401 otherwise."""
     plane = plane_of(request)
     keys = plane.api_keys
@@ -147,7 +146,7 @@ def check_api_key(request: Request, token: str | None) -> str | None:
     return key_id
 
 
-async def invocation(request: Request) -> tuple[Scored, LoadedModel, str]:
+async def invocation(request: Incoming) -> tuple[Scored, LoadedModel, str]:
     """Score one ``/invocations`` request: the answer, the model that gave it and its role
     (champion, or challenger in a split). Raises ``ServiceError`` for every refusal."""
     plane = plane_of(request)
@@ -170,7 +169,7 @@ async def invocation(request: Request) -> tuple[Scored, LoadedModel, str]:
     return scored, model, role
 
 
-async def explanation(request: Request, top: int | None) -> Scored:
+async def explanation(request: Incoming, top: int | None) -> Scored:
     """Explain one ``/explain`` request (``top`` reasons per row if asked). Raises
     ``ServiceError`` for every refusal; a model that cannot explain is refused (422) before the
     body is read."""
@@ -192,7 +191,7 @@ async def explanation(request: Request, top: int | None) -> Scored:
 
 
 async def _handled(
-    request: Request,
+    request: Incoming,
     plane: Plane,
     notes: dict[str, Any],
     model: LoadedModel,
@@ -217,7 +216,7 @@ async def _handled(
     return scored
 
 
-def access_notes(request: Request) -> dict[str, Any]:
+def access_notes(request: Incoming) -> dict[str, Any]:
     """What the access line says of a request beyond its method, path and status: the dict
     behind ``request.state`` (the model, its version and role, the rows, the API key's id),
     written directly rather than through Starlette's ``State`` object on the hot path."""

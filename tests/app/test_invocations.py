@@ -245,7 +245,7 @@ def test_the_hot_paths_headers_answer_as_starlettes() -> None:
         (b"x-routing-key", b"first"),
         (b"x-routing-key", b"second"),
     ]
-    ours, theirs = IndexedHeaders(scope={"headers": list(raw)}), Headers(raw=list(raw))
+    ours, theirs = IndexedHeaders(list(raw)), Headers(raw=list(raw))
     for key in ("Content-Type", "content-length", "X-Routing-Key", "authorization", "HOST"):
         assert ours.get(key) == theirs.get(key) and (key in ours) == (key in theirs), key
         assert ours.get(key, "-") == theirs.get(key, "-")
