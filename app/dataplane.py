@@ -83,10 +83,6 @@ async def read_body(
     rate = settings.body_min_rate_bytes_per_second
     grace = settings.body_min_rate_grace_seconds
 
-    def deadline(received: int) -> float:
-        # Received bytes buy time at the minimum rate, after the grace period.
-        return min(last, started + max(grace, received / rate)) if rate else last
-
     chunks: list[bytes] = []
     size = 0
     covered = declared if declared is not None else 0
@@ -98,7 +94,8 @@ async def read_body(
     deadlines = BodyDeadlines.of(loop)
     task = asyncio.current_task()
     assert task is not None
-    deadlines.watch(task, deadline(0))
+    # Received bytes buy time at the minimum rate, after the grace period.
+    deadlines.watch(task, min(last, started + grace) if rate else last)
     try:
         more = True
         while more:
@@ -118,7 +115,9 @@ async def read_body(
                 covered += step
             chunks.append(chunk)
             if more:
-                deadlines.watch(task, deadline(size))
+                deadlines.watch(
+                    task, min(last, started + max(grace, size / rate)) if rate else last
+                )
     except asyncio.CancelledError:
         if not deadlines.forget(task):
             raise  # cancelled by someone else: not a timeout

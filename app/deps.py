@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.admission import InFlight
 from app.config import Settings
-from app.hotpath import check_api_key
+from app.hotpath import check_api_key, plane_of
 from app.limits import Admission
 from app.model_holder import ModelHolder
 from app.monitoring import Monitoring
@@ -63,7 +63,8 @@ async def _scoring_auth(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str | None:
     """The id of the caller's API key; ``None`` when no keys are configured. 401 otherwise."""
-    return check_api_key(request, credentials.credentials if credentials is not None else None)
+    token = credentials.credentials if credentials is not None else None
+    return check_api_key(request, token, plane_of(request))
 
 
 ScoringAuth = Security(_scoring_auth)

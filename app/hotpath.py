@@ -131,9 +131,8 @@ def plane_of(request: Incoming) -> Plane:
     return plane
 
 
-def check_api_key(request: Incoming, token: str | None) -> str | None:
+def check_api_key(request: Incoming, token: str | None, plane: Plane) -> str | None:
     """The id of the caller's API key; ``None`` when no keys are configured. 401 otherwise."""
-    plane = plane_of(request)
     keys = plane.api_keys
     if keys is None:
         return None
@@ -146,10 +145,9 @@ def check_api_key(request: Incoming, token: str | None) -> str | None:
     return key_id
 
 
-async def invocation(request: Incoming) -> tuple[Scored, LoadedModel, str]:
+async def invocation(request: Incoming, plane: Plane) -> tuple[Scored, LoadedModel, str]:
     """Score one ``/invocations`` request: the answer, the model that gave it and its role
     (champion, or challenger in a split). Raises ``ServiceError`` for every refusal."""
-    plane = plane_of(request)
     headers = request.headers
     content_type = headers.get("content-type")
     check_media_type(content_type)
@@ -169,11 +167,10 @@ async def invocation(request: Incoming) -> tuple[Scored, LoadedModel, str]:
     return scored, model, role
 
 
-async def explanation(request: Incoming, top: int | None) -> Scored:
+async def explanation(request: Incoming, plane: Plane, top: int | None) -> Scored:
     """Explain one ``/explain`` request (``top`` reasons per row if asked). Raises
     ``ServiceError`` for every refusal; a model that cannot explain is refused (422) before the
     body is read."""
-    plane = plane_of(request)
     content_type = request.headers.get("content-type")
     check_media_type(content_type)
     model = plane.holder.require()
@@ -246,11 +243,12 @@ class HotPath:
     """Pure ASGI: ``POST /invocations`` answered by ``invocation`` and ``POST /explain`` (plain
     query) by ``explanation``; the rest passed on."""
 
-    def __init__(self, app: ASGIApp, routes: dict[str, Any]) -> None:
+    def __init__(self, app: ASGIApp, routes: dict[str, Any], plane: Plane) -> None:
         """``routes``: the FastAPI routes by path, put in ``scope["route"]`` as FastAPI would
-        (the per-route metrics read it)."""
+        (the per-route metrics read it); ``plane``: the app's."""
         self.app = app
         self.routes = routes
+        self.plane = plane
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path")
@@ -263,13 +261,15 @@ class HotPath:
             return
         scope["route"] = self.routes[path]
         request = HotRequest(scope, receive)
+        plane = self.plane
         try:
-            check_api_key(request, bearer_token(request.headers.get("authorization")))
+            if plane.api_keys is not None:
+                check_api_key(request, bearer_token(request.headers.get("authorization")), plane)
             if path == INVOCATIONS:
-                scored, model, role = await invocation(request)
+                scored, model, role = await invocation(request, plane)
                 extra = _raw_answered_by(model.label, role)
             else:
-                scored = await explanation(request, top or None)
+                scored = await explanation(request, plane, top or None)
                 extra = ()  # one model explains: no split, no shadow
         except ServiceError as exc:
             await error_response("POST", exc)(scope, receive, send)

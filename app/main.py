@@ -154,7 +154,8 @@ def create_app(
         "version": _service_version(),
         "lifespan": lifespan,
         # FastAPI's own OpenTelemetry hooks are off: /metrics and the access log cover the same,
-        # and each request would otherwise ask whether a tracer is configured.
+        # and each request would otherwise ask whether a tracer is configured (``ServerEntry``
+        # relies on it: it skips FastAPI's entry, which only differs when they are on).
         "telemetry": {"tracing": False, "metrics": False, "logs": False},
     }
     if settings.enable_docs:
@@ -216,7 +217,7 @@ def create_app(
     return app
 
 
-def serve_app() -> FastAPI:
+def serve_app() -> ServerEntry:
     """The factory uvicorn runs in each worker: logging as configured, then the app."""
     settings = get_settings()
     import_lightgbm_for_serving(settings.allow_untrusted_models)
@@ -230,7 +231,29 @@ def serve_app() -> FastAPI:
     for holder in (app.state.holder, app.state.challenger):
         if holder is not None:
             holder.on_swap.append(lambda new, old: settle_heap())
-    return app
+    return ServerEntry(app)
+
+
+class ServerEntry:
+    """What the server runs: ``app``, but an HTTP request goes straight to its middleware
+    stack (the request context first: ``_front_door``), where FastAPI's and Starlette's own
+    entries send it when FastAPI's telemetry is off (``create_app`` turns it off), without
+    their three Python calls per request. The lifespan, and a request before the stack is
+    built, go through ``app`` itself."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        app = self.app
+        stack = app.middleware_stack
+        if scope["type"] != "http" or stack is None or app.root_path:
+            await app(scope, receive, send)
+            return
+        scope["app"] = app
+        await stack(scope, receive, send)
 
 
 def _front_door(
@@ -249,7 +272,7 @@ def _front_door(
     build_stack = app.build_middleware_stack
 
     def build_middleware_stack() -> Any:
-        door: Any = HotPath(build_stack(), routes=routes)
+        door: Any = HotPath(build_stack(), routes=routes, plane=app.state.plane)
         if cors_origins:
             door = CORSMiddleware(
                 door, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("COMPILE_IN_BACKGROUND", "false")
 
     from app.config import get_settings
-    from app.main import create_app
+    from app.main import ServerEntry, create_app
     from app.observability import configure_logging
 
     settings = get_settings()
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if changed:
         values = settings.model_dump() | {k.lower(): v for k, v in changed.items()}
         other = create_app(type(settings).model_validate(values))
+    # Requests go in as the server sends them (``serve_app``'s entry); the lifespan through the app.
+    entries = {a: ServerEntry(a) for a in (app, other) if a is not None}
     path, _, query = args.path.partition("?")
     scoring = path in ("/invocations", "/explain")
     body = fixture.split_json(fixture.bench_rows(args.rows)) if scoring else b""
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         async def send(message: MutableMapping[str, Any]) -> None:
             out.append(message)
 
-        await target(scope, receive, send)
+        await entries[target](scope, receive, send)
         return out
 
     async def ready(target: Any) -> None:

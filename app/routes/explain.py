@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from app.deps import ScoringAuth
-from app.hotpath import MAX_TOP, explanation
+from app.hotpath import MAX_TOP, explanation, plane_of
 from app.schemas import SCORING_ERRORS, ErrorBody, Explanation
 from scoring.contract.models import invocations_openapi
 
@@ -46,5 +46,5 @@ Top = Annotated[
 )
 async def explain(request: Request, top: Top = None) -> Response:
     """Each prediction with its exact contributions in log-odds (and `top` reasons per row)."""
-    scored = await explanation(request, top)
+    scored = await explanation(request, plane_of(request), top)
     return Response(scored.content, media_type="application/json")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.dataplane import answered_by
 from app.deps import ScoringAuth
-from app.hotpath import invocation
+from app.hotpath import invocation, plane_of
 from app.schemas import SCORING_ERRORS, Predictions
 from scoring.contract.models import invocations_openapi
 
@@ -26,5 +26,5 @@ router = APIRouter(tags=["scoring"], dependencies=[ScoringAuth])
 )
 async def invocations(request: Request) -> Response:
     """Score rows: P(target = 1) for each, in input order."""
-    scored, model, role = await invocation(request)
+    scored, model, role = await invocation(request, plane_of(request))
     return Response(scored.content, media_type="application/json", headers=answered_by(model, role))

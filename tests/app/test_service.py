@@ -13,10 +13,11 @@ import requests
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.main import create_app
+from app.main import ServerEntry, create_app
 from scoring.model_ref import normalize_model_uri
 from tests.conftest import LoggedModel
-from tests.helpers import PROJECT_DIR, PYTHON, server_process
+from tests.contract_cases import ROW, split
+from tests.helpers import FEATURES, PROJECT_DIR, PYTHON, server_process
 
 
 def test_health_routes(client: TestClient) -> None:
@@ -233,3 +234,35 @@ def test_retry_mode_starts_without_a_model_and_becomes_ready(
             headers={"content-type": "application/json"},
         )
         np.testing.assert_allclose(r.json()["predictions"], booster_model.expected, atol=1e-12)
+
+
+def test_the_server_entry_answers_as_the_app(booster_model: LoggedModel) -> None:
+    """``serve_app`` hands the server a ``ServerEntry``: HTTP requests go straight to the
+    app's middleware stack. The answers are the app's own: the hot path (canonical and not),
+    FastAPI's routes, a refusal, a 404; the request context ran (request id, metrics)."""
+    body = pd.DataFrame([ROW, ROW], columns=FEATURES).to_json(orient="split")
+    json_ = {"content-type": "application/json"}
+    cases = [
+        ("POST", "/invocations", body, json_),
+        ("POST", "/invocations", split([ROW]), json_),
+        ("POST", "/invocations", '{"columns": [', json_),
+        ("POST", "/explain?top=2", body, json_),
+        ("GET", "/model", None, {}),
+        ("GET", "/health/ready", None, {}),
+        ("GET", "/nowhere", None, {}),
+    ]  # fmt: skip
+    app = create_app(Settings(model_uri="models:/santander@champion"))
+    with TestClient(ServerEntry(app)) as entry:  # the lifespan through the app itself
+        plain = TestClient(app)  # the same app, straight in
+        for method, path, body, headers in cases:
+            ours = entry.request(method, path, content=body, headers=headers)
+            theirs = plain.request(method, path, content=body, headers=headers)
+            assert ours.status_code == theirs.status_code, path
+            assert ours.content == theirs.content or path == "/model", path
+            assert ours.headers["x-request-id"], path
+            skip = {"x-request-id", "date", *(["content-length"] if path == "/model" else [])}
+            assert {k: v for k, v in ours.headers.items() if k not in skip} == {
+                k: v for k, v in theirs.headers.items() if k not in skip
+            }, path
+        text = entry.get("/metrics").text
+        assert 'http_requests_total{method="POST",route="/invocations",status="200"} 4.0' in text
