@@ -220,7 +220,7 @@ async def reserve_memory(
     return reservation
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Scored:
     """One scored body: the answer, and the rows and probabilities (for shadow scoring)."""
 

@@ -54,26 +54,29 @@ class IndexedHeaders(Headers):
     """Starlette's request ``Headers``, looked up in a dict made once.
 
     ``Headers`` scans and decodes the header list on every lookup, and a missing header costs
-    a ``KeyError`` on top; a scoring request looks up three or four (content type and length,
-    authorization, the routing key). Same answers: the first of repeated headers.
+    a ``KeyError`` on top; a scoring request looks up two to four (content type and length,
+    authorization, the routing key). The dict is made in C from the raw pairs (the first of
+    repeated headers wins, as in ``Headers``); a value is decoded when looked up.
     """
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         # Not Headers.__init__ (a Python call and checks to set ``_list``, all it keeps).
         self._list = raw
-        self._index = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
-
-    def __getitem__(self, key: str) -> str:
-        try:
-            return self._index[key.lower()]
-        except KeyError:
-            raise KeyError(key) from None
+        self._index = dict(reversed(raw))
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._index.get(key.lower(), default)
+        value = self._index.get(key.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
+
+    def __getitem__(self, key: str) -> str:
+        value = self._index.get(key.lower().encode("latin-1"))
+        if value is None:
+            raise KeyError(key)
+        decoded: str = value.decode("latin-1")
+        return decoded
 
     def __contains__(self, key: Any) -> bool:
-        return isinstance(key, str) and key.lower() in self._index
+        return isinstance(key, str) and key.lower().encode("latin-1") in self._index
 
 
 class HotRequest:
