@@ -77,7 +77,10 @@ async def read_body(
         declared = declared_size(request)
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
-    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    # The task's loop: Python 3.11's get_running_loop() makes a getpid() system call each time.
+    loop = task.get_loop()
     started = loop.time()
     last = started + settings.body_timeout_seconds
     rate = settings.body_min_rate_bytes_per_second
@@ -92,8 +95,6 @@ async def read_body(
     # ASGI messages are read here rather than through ``request.stream()``: a body that came
     # in one message (every small request) costs one await.
     deadlines = BodyDeadlines.of(loop)
-    task = asyncio.current_task()
-    assert task is not None
     # Received bytes buy time at the minimum rate, after the grace period.
     deadlines.watch(task, min(last, started + grace) if rate else last)
     try:
