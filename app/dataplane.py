@@ -24,7 +24,6 @@ from app.limits import (
     DECODED_COPIES,
     PER_REQUEST_BYTES,
     Admission,
-    MemoryBudget,
     Reservation,
     format_of,
     need_bytes,
@@ -201,24 +200,16 @@ def declared_size(request: Incoming) -> int | None:
     return int(declared) if declared is not None and declared.isdigit() else None
 
 
-async def reserve_memory(
-    kind: str,
-    settings: Settings,
-    budget: MemoryBudget,
-    declared: int | None,
-) -> Reservation:
-    """Reserve what this request will need by its declared size (``Content-Length``, or a
-    first step of a body without one), waiting briefly for room; 503 (or 413) when there is
-    none."""
+def memory_need(kind: str, settings: Settings, declared: int | None) -> tuple[str, int]:
+    """The body's format and the bytes its request will need by its declared size
+    (``Content-Length``, or a first step of a body without one); 413 when the declared size is
+    over ``max_body_bytes``."""
     if declared is not None and declared > settings.max_body_bytes:
         raise PayloadTooLarge(
             f"the body is {declared} bytes; the limit is {settings.max_body_bytes}"
         )
     fmt = format_of(kind)
-    size = declared if declared is not None else 0
-    reservation = await budget.reserve(need_bytes(fmt, size))
-    reservation.kind = fmt
-    return reservation
+    return fmt, need_bytes(fmt, declared if declared is not None else 0)
 
 
 @dataclass(slots=True)
@@ -339,23 +330,33 @@ async def handle(
     content_type: str | Unread | None = UNREAD,
 ) -> Scored:
     """The one path of every scoring route: admit the body (a body-read place, then memory),
-    read it, then run ``work`` within a scoring slot (``score_admitted``). ``content_type``:
-    the header, if the caller read it already."""
+    read it, then run ``work`` within a scoring slot: on the event loop for a body up to
+    ``inline_bytes`` (``inline_body_bytes`` unless told), else ``score_in_thread``.
+    ``content_type``: the header, if the caller read it already."""
     if isinstance(content_type, Unread):
         content_type = request.headers.get("content-type")
     kind = media_type(content_type)
     declared = declared_size(request)
     # Bodies arriving, then memory, then (once the body is in) a scoring slot.
     with admission.body_reads.enter():
-        reservation = await reserve_memory(kind, settings, admission.memory, declared)
+        fmt, need = memory_need(kind, settings, declared)
+        # Memory: at once if it fits (a small request), else waiting briefly for room (or 503).
+        memory = admission.memory
+        reservation = memory.take_small(need) or await memory.reserve(need)
+        reservation.kind = fmt
         try:
             body = await read_body(request, settings, metrics, reservation, declared=declared)
             reserve_decoded(body, reservation)
         except BaseException:
             reservation.release()
             raise
+    inline = settings.inline_body_bytes if inline_bytes is None else inline_bytes
     try:
-        return await score_admitted(
+        if len(body) <= inline:
+            # Small bodies cost less than a thread hop: scored right here, within a slot.
+            with in_flight.slot():
+                return work(body, content_type, model, settings, metrics, role=role)
+        return await score_in_thread(
             body,
             content_type,
             model,
@@ -366,7 +367,6 @@ async def handle(
             limiter=admission.limiter,
             work=work,
             role=role,
-            inline_bytes=inline_bytes,
         )
     finally:
         del body
@@ -374,7 +374,7 @@ async def handle(
             reservation.release()
 
 
-async def score_admitted(
+async def score_in_thread(
     body: bytes,
     content_type: str | None,
     model: LoadedModel,
@@ -386,17 +386,11 @@ async def score_admitted(
     limiter: CapacityLimiter | None = None,
     work: Work = score,
     role: str = "champion",
-    inline_bytes: int | None = None,
 ) -> Scored:
-    """``work`` (default ``score``) within a scoring slot: small bodies on the loop, big ones in
-    a thread (at most ``limiter``'s at once), under ``request_timeout_seconds`` (504; the slot and
-    the memory reservation stay taken until the work really ends). ``inline_bytes``: the largest
-    body worked on the loop (``inline_body_bytes`` unless told)."""
-    inline = settings.inline_body_bytes if inline_bytes is None else inline_bytes
+    """``work`` (default ``score``) on a big body in a thread (at most ``limiter``'s at once),
+    within a scoring slot, under ``request_timeout_seconds`` (504; the slot and the memory
+    reservation stay taken until the work really ends)."""
     with in_flight.slot() as slot:
-        if len(body) <= inline:
-            # Small bodies cost less than a thread hop: score them right here.
-            return work(body, content_type, model, settings, metrics, role=role)
         task = asyncio.ensure_future(
             to_thread.run_sync(
                 functools.partial(work, role=role),

@@ -240,14 +240,22 @@ class MemoryBudget:
         if not r.small:
             self.reserved_big += r.nbytes
 
+    def take_small(self, nbytes: int) -> Reservation | None:
+        """``nbytes`` reserved now if they are a small request's and fit (every one-row
+        request: no coroutine to make and await); else ``None``, and ``reserve`` decides."""
+        if nbytes <= self.small_need and self.reserved + nbytes <= self.capacity:
+            self.reserved += nbytes  # _fits and _take, inline
+            return Reservation(self, nbytes, True)
+        return None
+
     async def reserve(self, nbytes: int) -> Reservation:
         """Reserve ``nbytes``, waiting up to ``wait_seconds`` for room; else 503 (or 413 when no
         room could ever be enough)."""
+        taken = self.take_small(nbytes)
+        if taken is not None:
+            return taken
         small = nbytes <= self.small_need
         r = Reservation(self, nbytes, small)
-        if small and self.reserved + nbytes <= self.capacity:  # _fits and _take, inline
-            self.reserved += nbytes
-            return r
         if not small and nbytes > self.ceiling:
             raise PayloadTooLarge(
                 f"this body needs about {nbytes // MIB} MiB to parse; the memory budget of a "

@@ -136,3 +136,32 @@ def test_the_server_has_arrow_allocate_with_malloc(when: str) -> None:
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.split()[-1] == expected, (chosen, done.stdout, done.stderr[-500:])
+
+
+def test_a_small_reservation_is_taken_at_once_and_the_rest_goes_the_waiting_way() -> None:
+    """``take_small`` (the hot path's: no coroutine) takes what fits of a small request and
+    leaves anything else to ``reserve``, which waits for room or refuses."""
+
+    async def run() -> None:
+        budget = _budget()
+        budget.start()
+        need = budget.small_need
+        # Room for exactly two small requests.
+        budget.idle_rss = int(budget.limit * (1 - limits.HEADROOM)) - 2 * need
+        assert budget.capacity == 2 * need
+        assert budget.take_small(need + 1) is None  # a big request's: not here
+        first, second = budget.take_small(need), budget.take_small(need)
+        assert first is not None and second is not None and first.small
+        assert budget.reserved == 2 * need
+        assert budget.take_small(need) is None  # no room: reserve decides
+        waiting = asyncio.ensure_future(budget.reserve(need))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # waits for room
+        first.release()
+        granted = await asyncio.wait_for(waiting, 1)
+        assert granted.small and budget.reserved == 2 * need
+        second.release()
+        granted.release()
+        assert budget.reserved == 0
+
+    asyncio.run(run())
