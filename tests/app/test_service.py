@@ -12,6 +12,7 @@ import pytest
 import requests
 from fastapi.testclient import TestClient
 
+from app import observability
 from app.config import Settings
 from app.main import ServerEntry, create_app
 from scoring.model_ref import normalize_model_uri
@@ -266,3 +267,24 @@ def test_the_server_entry_answers_as_the_app(booster_model: LoggedModel) -> None
             }, path
         text = entry.get("/metrics").text
         assert 'http_requests_total{method="POST",route="/invocations",status="200"} 4.0' in text
+
+
+def test_a_worker_writes_its_last_figures_as_it_stops(
+    booster_model: LoggedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several workers a worker writes its figures to the shared files a moment after
+    its answers (``FLUSH_SECONDS``); a worker stopping within that moment still writes them."""
+    monkeypatch.setattr(observability, "FLUSH_SECONDS", 60.0)  # not due before the stop
+    app = create_app(Settings(model_uri="models:/santander@champion"))
+    metrics = app.state.metrics
+    metrics.tally.immediate = True  # as with several workers
+    body = pd.DataFrame([ROW], columns=FEATURES).to_json(orient="split")
+    series = metrics.requests.labels("/invocations", "POST", "200")
+    with TestClient(app) as client:
+        for _ in range(3):
+            r = client.post(
+                "/invocations", content=body, headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 200
+        assert series._value.get() == 0  # kept: due in a minute
+    assert series._value.get() == 3
