@@ -128,8 +128,10 @@ class Tally:
         """Called first by ``flush``: whoever keeps updates of its own hands them over here."""
 
     def keeps(self) -> bool:
-        """Whether updates from the calling thread wait for a ``flush`` of the owner's own
-        (not those of other threads, nor any with several workers, which flush per request)."""
+        """Whether the calling thread may note one-row scorings and requests as tuples, counted
+        at the owner's next ``flush``: not other threads, nor several workers, whose flushes
+        come every ``FLUSH_SECONDS`` and would pay numpy's fixed cost for a few requests each
+        (their updates go to the tally's dicts instead)."""
         return not self.immediate and threading.get_ident() == self.owner
 
     def observe_many(self, child: Any, values: np.ndarray) -> None:
