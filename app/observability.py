@@ -933,9 +933,22 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("mlflow", "alembic", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # Our middleware writes one access line per request (with its id, rows, model version);
-    # uvicorn's own would be a second one in every worker process.
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    silence_uvicorn_access()
+
+
+def silence_uvicorn_access() -> None:
+    """No uvicorn access lines: the request context writes one per request (with its id,
+    rows, model version), and uvicorn's would be a second one in every worker process.
+
+    Not by level alone: uvicorn's protocol asks once per connection whether its access logger
+    has handlers (its own or, propagating, the root's), and if so builds each line's
+    arguments (the client's address, the path quoted by ``urllib``) before ``info`` drops
+    them: a few microseconds of a one-row request. Without handlers and propagation it skips
+    the line altogether."""
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.handlers[:] = []
+    uvicorn_access.propagate = False
+    uvicorn_access.setLevel(logging.WARNING)

@@ -3,12 +3,19 @@ batches by a thread of its own, in the service's text or JSON format."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 import re
 import time
 
-from app.observability import AccessLog
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from app.observability import AccessLog, silence_uvicorn_access
+from bench.bare import app as bare_app
 
 STATE = {"model": "santander/3", "model_version": "3", "rows": 2, "model_role": "champion"}
 
@@ -68,3 +75,26 @@ def test_the_writer_thread_writes_without_being_asked() -> None:
     assert stream.getvalue().count("\n") == 3  # within a few FLUSH_SECONDS, unprompted
     log.close()
     assert stream.getvalue().count("\n") == 3
+
+
+def test_uvicorn_builds_no_access_lines_of_its_own() -> None:
+    """uvicorn's protocol decides per connection whether to build its access line (from
+    whether its logger has handlers, the root's included): after ``silence_uvicorn_access``
+    it does not, even with a handler on the root logger (as the service's logging has)."""
+    root = logging.getLogger()
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    saved = (uvicorn_access.handlers[:], uvicorn_access.propagate, uvicorn_access.level)
+    handler = logging.NullHandler()
+    root.addHandler(handler)
+    loop = asyncio.new_event_loop()
+    try:
+        config = Config(app=bare_app, access_log=False, log_config=None)
+        uvicorn_access.propagate = True  # as the root's handlers would reach it otherwise
+        assert HttpToolsProtocol(config, ServerState(), {}, _loop=loop).access_log
+        silence_uvicorn_access()
+        assert not HttpToolsProtocol(config, ServerState(), {}, _loop=loop).access_log
+    finally:
+        loop.close()
+        root.removeHandler(handler)
+        uvicorn_access.handlers[:], uvicorn_access.propagate = saved[0], saved[1]
+        uvicorn_access.setLevel(saved[2])
