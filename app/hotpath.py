@@ -242,9 +242,14 @@ def _raw_answered_by(label: str, role: str) -> tuple[tuple[bytes, bytes], ...]:
     return tuple((k.lower().encode(), v.encode()) for k, v in answer_headers(label, role))
 
 
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+"""An answer as ASGI sends it: status, raw headers, body."""
+
+
 class HotPath:
     """Pure ASGI: ``POST /invocations`` answered by ``invocation`` and ``POST /explain`` (plain
-    query) by ``explanation``; the rest passed on."""
+    query) by ``explanation``; the rest passed on. ``answer`` gives the hot path's answer
+    without sending it, for the request context to send (``RequestContext(hot=...)``)."""
 
     def __init__(self, app: ASGIApp, routes: dict[str, Any], plane: Plane) -> None:
         """``routes``: the FastAPI routes by path, put in ``scope["route"]`` as FastAPI would
@@ -254,14 +259,23 @@ class HotPath:
         self.plane = plane
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        path = scope.get("path")
-        if scope["type"] != "http" or scope["method"] != "POST" or path not in self.routes:
+        found = await self.answer(scope, receive) if scope["type"] == "http" else None
+        if found is None:
             await self.app(scope, receive, send)
             return
+        status, headers, body = found
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def answer(self, scope: Any, receive: Any) -> Answer | None:
+        """The answer to an HTTP request the hot path takes (every refusal included); ``None``
+        for any other request, which nothing here has read."""
+        path = scope["path"]
+        if scope["method"] != "POST" or path not in self.routes:
+            return None
         top = plain_top(scope.get("query_string", b"")) if path == EXPLAIN else 0
         if top < 0:
-            await self.app(scope, receive, send)
-            return
+            return None
         scope["route"] = self.routes[path]
         request = HotRequest(scope, receive)
         plane = self.plane
@@ -275,12 +289,15 @@ class HotPath:
                 scored = await explanation(request, plane, top or None)
                 extra = ()  # one model explains: no split, no shadow
         except ServiceError as exc:
-            await error_response("POST", exc)(scope, receive, send)
-            return
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(scored.content)).encode()),
-            *extra,
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": scored.content})
+            refusal = error_response("POST", exc)
+            return refusal.status_code, refusal.raw_headers, bytes(refusal.body)
+        content = scored.content
+        return (
+            200,
+            [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(content)),
+                *extra,
+            ],
+            content,
+        )

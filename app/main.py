@@ -273,18 +273,21 @@ def _front_door(
     build_stack = app.build_middleware_stack
 
     def build_middleware_stack() -> Any:
-        door: Any = HotPath(build_stack(), routes=routes, plane=app.state.plane)
-        if cors_origins:
-            door = CORSMiddleware(
-                door, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
-            )
+        stack = build_stack()
+        hot = HotPath(stack, routes=routes, plane=app.state.plane)
         handler = app.exception_handlers[Exception]
 
         async def on_error(scope: Any, exc: Exception) -> Any:
             answer = handler(Request(scope), exc)
             return await answer if inspect.isawaitable(answer) else answer
 
-        return RequestContext(door, metrics=metrics, on_error=on_error)
+        if cors_origins:  # CORS sees every answer: the hot path a layer inside it
+            door = CORSMiddleware(
+                hot, allow_origins=cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+            )
+            return RequestContext(door, metrics=metrics, on_error=on_error)
+        # The hot path's answers sent by the request context itself; the rest to FastAPI's.
+        return RequestContext(stack, metrics=metrics, on_error=on_error, hot=hot)
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 

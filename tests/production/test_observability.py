@@ -66,6 +66,31 @@ def test_request_id_is_kept_or_made(client: TestClient) -> None:
     assert r.headers["x-request-id"] != "bad id\twith tab"
 
 
+def test_the_hot_paths_answers_carry_the_request_id(
+    client: TestClient, booster_model: LoggedModel
+) -> None:
+    """The request context sends the hot path's answers itself: a score, a refusal of the
+    body and one of the media type all keep the caller's id and are counted by status."""
+    body = booster_model.frame.head(1).to_json(orient="split")
+    cases = [(body, JSON, 200), ("{", JSON, 400), (body, {"Content-Type": "text/plain"}, 415)]
+    for i, (content, headers, status) in enumerate(cases):
+        r = client.post(
+            "/invocations", content=content, headers={**headers, "X-Request-ID": f"h{i}"}
+        )
+        assert (r.status_code, r.headers["x-request-id"]) == (status, f"h{i}")
+        assert r.headers["content-type"] == "application/json"
+        assert int(r.headers["content-length"]) == len(r.content)
+    assert (
+        client.post("/explain", content=body, headers={**JSON, "X-Request-ID": "e"}).headers[
+            "x-request-id"
+        ]
+        == "e"
+    )
+    text = client.get("/metrics").text
+    for status in (200, 400, 415):
+        assert metric(text, "http_requests_total", route="/invocations", status=str(status)) >= 1
+
+
 def test_admin_routes_need_the_token(client: TestClient) -> None:
     assert client.post("/admin/reload").status_code == 401
     r = client.post("/admin/reload", headers={"Authorization": "Bearer wrong"})
