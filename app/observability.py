@@ -805,6 +805,8 @@ class AccessLog:
 
     FLUSH_SECONDS = 0.05
     BATCH = 512
+    FORMAT_STEP = 32
+    """Lines formatted at a time by the writer thread, which lets go of the GIL between."""
 
     def __init__(self, fmt: str, stream: Any) -> None:
         self.json = fmt == "json"
@@ -835,12 +837,20 @@ class AccessLog:
     def flush(self) -> None:
         # One swap under the GIL: a line noted meanwhile lands in one list or the other.
         noted, self.lines = self.lines, []
-        if noted:
-            try:
-                self.stream.write(self.format(noted))
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass  # stderr closed at exit: nothing left to tell
+        if not noted:
+            return
+        step = self.FORMAT_STEP
+        parts = [self.format(noted[:step])]
+        for start in range(step, len(noted), step):
+            # Let the event loop have the GIL between steps: formatting a whole batch at once
+            # would hold up the requests waiting for it (a batch's worth of microseconds).
+            time.sleep(0)
+            parts.append(self.format(noted[start : start + step]))
+        try:
+            self.stream.write("".join(parts))
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr closed at exit: nothing left to tell
 
     def format(self, noted: list[tuple[float, str, str, str, int, float, dict[str, Any]]]) -> str:
         """The lines of the noted requests, in order, each ending in a newline."""

@@ -63,6 +63,18 @@ def test_json_lines_carry_every_field() -> None:
     assert stream.getvalue().count("\n") == 1  # nothing written twice
 
 
+def test_a_batch_of_many_steps_comes_out_whole_and_in_order() -> None:
+    stream = io.StringIO()
+    log = AccessLog("text", stream)
+    n = 3 * AccessLog.FORMAT_STEP + 5
+    for i in range(n):
+        log.write(f"id-{i}", "POST", "/invocations", 200, duration=0.001, state={})
+    log.flush()
+    ids = [re.search(r"\[(id-\d+)\]", line)[1] for line in stream.getvalue().splitlines()]  # type: ignore[index]
+    assert ids == [f"id-{i}" for i in range(n)]
+    log.close()
+
+
 def test_the_writer_thread_writes_without_being_asked() -> None:
     stream = io.StringIO()
     log = AccessLog("text", stream)
