@@ -229,8 +229,7 @@ class Scored:
 
 def model_labels(model: LoadedModel, role: str) -> tuple[str, str, str]:
     """(name, version, role) of a model for the per-model metrics."""
-    name = model.registered_name or (f"runs/{model.run_id}" if model.run_id else model.uri)
-    return name, model.version or "", role
+    return model.metric_name, model.version or "", role
 
 
 def answered_by(model: LoadedModel, role: str) -> dict[str, str]:

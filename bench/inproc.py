@@ -173,19 +173,33 @@ def main(argv: list[str] | None = None) -> int:
                 calls[key] += 1
             return trace
 
+        builtins: collections.Counter[str] = collections.Counter()
+
+        def profile(frame: types.FrameType, event: str, arg: Any) -> None:
+            if event == "c_call":
+                owner = getattr(arg, "__self__", None)
+                kind = type(owner).__name__ if owner is not None else ""
+                builtins[f"{kind}.{arg.__name__}" if kind != "module" else arg.__qualname__] += 1
+
         sys.settrace(trace)
+        sys.setprofile(profile)
         try:
             for _ in range(args.requests):
                 await one()
         finally:
             sys.settrace(None)
+            sys.setprofile(None)
         n = args.requests
         print(
-            f"{method} {args.path}: {sum(opcodes.values()) / n:.0f} bytecodes and "
-            f"{sum(calls.values()) / n:.0f} Python calls per request ({n} requests)"
+            f"{method} {args.path}: {sum(opcodes.values()) / n:.0f} bytecodes, "
+            f"{sum(calls.values()) / n:.0f} Python calls and {sum(builtins.values()) / n:.0f} "
+            f"calls of built-in functions per request ({n} requests)"
         )
         for key, count in opcodes.most_common(top):
             print(f"{count / n:8.1f} {calls[key] / n:6.1f}  {key}")
+        print("built-in functions called:")
+        for key, count in builtins.most_common(top):
+            print(f"{count / n:8.1f}  {key}")
 
     async def compare() -> None:
         cpu: dict[str, list[float]] = {"as set": [], "against": []}

@@ -50,6 +50,10 @@ class LoadOptions:
     the benchmark's model); without either, the first explanation builds it and waits."""
 
 
+_NAMING = frozenset({"uri", "run_id", "registered_name", "version"})
+"""The fields ``LoadedModel``'s kept names are made of."""
+
+
 @dataclass
 class LoadedModel:
     """A model ready to serve, and what ``/model`` tells about it."""
@@ -77,15 +81,27 @@ class LoadedModel:
             return None
         return f"{self.registered_name}/{self.version}:{self.run_id}"
 
-    @property
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _NAMING:  # the names below are kept once asked for: made again
+            for kept in ("label", "metric_name"):
+                self.__dict__.pop(kept, None)
+
+    @functools.cached_property
     def label(self) -> str:
         """``name/version`` for a registered model (the ``X-Model-Version`` header), else the
-        run (``runs/<id>``) or the URI."""
+        run (``runs/<id>``) or the URI. Kept once asked for (every answer names its model)."""
         if self.registered_name is not None:
             return f"{self.registered_name}/{self.version}"
         if self.run_id:
             return f"runs/{self.run_id}"
         return self.uri
+
+    @functools.cached_property
+    def metric_name(self) -> str:
+        """The model's name on the per-model metrics: registered name, else ``runs/<id>``, else
+        the URI. Kept once asked for."""
+        return self.registered_name or (f"runs/{self.run_id}" if self.run_id else self.uri)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -382,3 +382,16 @@ def test_admin_reload_says_reloaded_when_another_loop_swapped_during_the_call() 
 
     asyncio.run(main())
     assert registry.loads == ["1", "2"]
+
+
+def test_a_models_kept_names_follow_its_registry_facts() -> None:
+    """``label`` and ``metric_name`` are kept once asked for; the registry facts filled in
+    after (as loading does) make them again."""
+    model = LoadedModel(predictor=None, uri="models:/santander@champion")  # type: ignore[arg-type]
+    assert (model.label, model.metric_name) == ("models:/santander@champion",) * 2
+    model.run_id = "abc"
+    assert (model.label, model.metric_name) == ("runs/abc", "runs/abc")
+    model.registered_name, model.version = "santander", "3"
+    assert (model.label, model.metric_name) == ("santander/3", "santander")
+    model.alias = "champion"  # not part of either name
+    assert model.__dict__["label"] == "santander/3"

@@ -43,9 +43,13 @@ def test_opcode_counts_hold_still_between_runs(tmp_path: Path) -> None:
             cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=100, check=False,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
-        found = re.search(r"(\d+) bytecodes and (\d+) Python calls per request", proc.stdout)
+        found = re.search(
+            r"(\d+) bytecodes, (\d+) Python calls and (\d+) calls of built-in functions per",
+            proc.stdout,
+        )
         assert found, proc.stdout
         counts.append(int(found.group(1)))
+        assert int(found.group(3)) > 10 and "\nbuilt-in functions called:\n" in proc.stdout
         busiest = proc.stdout.splitlines()[1:6]
         assert len(busiest) == 5 and all(":" in line for line in busiest)
     assert counts[0] > 500  # a one-row request runs hundreds of lines of Python
