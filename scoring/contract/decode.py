@@ -105,7 +105,7 @@ def parse_json(
     fast_path: bool | None = None,
 ) -> np.ndarray:
     """A JSON body, validated by the contract's pydantic models (or the proven fast path)."""
-    if not body.strip():
+    if not body or body.isspace():  # (not ``strip``: a copy of the body)
         raise BadRequest("the request body is empty; send a JSON object")
     records_only = media is not None and media.json_format == "pandas-records"
     if not records_only:
@@ -442,8 +442,12 @@ def _row_count_and_index(rows: int, index: Any | None, max_rows: int) -> bool:
     return index is None or (
         type(index) is list
         and len(index) == rows
-        and all(type(v) is int or type(v) is str for v in index)
+        and all(map(_INDEX_TYPES.__contains__, map(type, index)))  # in C: no frame per value
     )
+
+
+_INDEX_TYPES = frozenset({int, str})
+"""The types an index value may have (exactly: not ``bool``, not a subclass)."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -533,7 +537,11 @@ def _numbers_matrix(
     JSON, ``RuntimeError`` for an integer beyond 64 bits."""
     import simdjson
 
-    parser = _parser(len(data))
+    size = len(data)
+    # A small body's parser is its thread's (what ``_parser`` would give; no call for it).
+    parser = getattr(_local, "parser", None) if size <= REUSED_PARSER_BYTES else None
+    if parser is None:
+        parser = _parser(size)
     try:
         rows: Any = parser.parse(data)
         if not isinstance(rows, simdjson.Array):
@@ -548,7 +556,8 @@ def _numbers_matrix(
         flat = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
         del rows  # the parser is reused once nothing refers to its document
     finally:
-        _give_back(parser, len(data))
+        if size > REUSED_PARSER_BYTES:
+            _give_back(parser, size)
     return flat.reshape(n, width) if flat.size == n * width else None
 
 

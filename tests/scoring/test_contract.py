@@ -129,6 +129,8 @@ def test_the_canonical_path_takes_what_pandas_writes_and_declines_the_rest() -> 
         "a bracket in an index string": plain.replace(b'"index":[0,1,2]', b'"index":["]",1,2]', 1),
         "an object index": plain.replace(b'"index":[0,1,2]', b'"index":{"a":1}', 1),
         "index too short": plain.replace(b'"index":[0,1,2]', b'"index":[0,1]', 1),
+        "a boolean in the index": plain.replace(b'"index":[0,1,2]', b'"index":[0,true,2]', 1),
+        "a float in the index": plain.replace(b'"index":[0,1,2]', b'"index":[0,1,2.5]', 1),
         "a trailing space": plain + b" ",
         "an integer beyond 64 bits": no_index.replace(b"null", b"1" + b"0" * 30, 1),
         "a boolean": plain.replace(b"null", b"true", 1),
