@@ -324,6 +324,42 @@ def test_a_silent_connection_is_closed_after_the_header_timeout(tight: tuple[str
     assert counted(base, "connections_closed_total", reason="header_timeout") == before + 1
 
 
+def read_one(s: socket.socket, head_only: bool = False) -> tuple[str, bytes]:
+    """One whole answer from a keep-alive connection: its head, and its body by its length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"the connection closed mid-answer: {data[:200]!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0 if head_only else int(re.search(rb"content-length: (\d+)", head.lower())[1])  # type: ignore[index]
+    while len(body) < length:
+        body += s.recv(65536)
+    assert len(body) == length, "nothing beyond the answer"
+    return head.decode(), body
+
+
+def test_answers_come_whole_on_a_keep_alive_connection(tight: tuple[str, int]) -> None:
+    """The head of each answer is written with its body (``HeadWithBody``): an interim ``100
+    Continue`` still comes at once, a HEAD answer (no body) as soon as it is done, and
+    pipelined answers in order, all on one connection."""
+    base, _ = tight
+    with socket.create_connection(address(base), timeout=10) as s:
+        head = request_head(len(ONE_ROW)).replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n")
+        s.sendall(head)
+        assert s.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n"), "asked to go on"
+        s.sendall(ONE_ROW)
+        status, body = read_one(s)
+        assert status.startswith("HTTP/1.1 200") and b"predictions" in body, status
+        s.sendall(b"HEAD /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _ = read_one(s, head_only=True)  # no body follows a HEAD answer's head
+        assert re.match(r"HTTP/1.1 [24]\d\d ", status), status  # (FastAPI: 405 for HEAD)
+        s.sendall((request_head(len(ONE_ROW)) + ONE_ROW) * 2 + request_head(2) + b"{}")
+        answers = [read_one(s) for _ in range(3)]
+        assert [a[0][:12] for a in answers] == ["HTTP/1.1 200"] * 2 + ["HTTP/1.1 422"]
+        assert answers[0][1] == answers[1][1] and b"predictions" in answers[0][1]
+
+
 def test_oversized_headers_get_431(tight: tuple[str, int]) -> None:
     base, _ = tight
     before = counted(base, "connections_closed_total", reason="header_too_large")
