@@ -789,6 +789,11 @@ def _access_fields(
     }
 
 
+YIELD_SECONDS = 1e-6
+"""A background thread's pause to let the event loop take the GIL (the kernel makes it its
+minimum, tens of microseconds)."""
+
+
 class AccessLog:
     """The access lines, one per request, noted on the request's thread (a tuple appended)
     and formatted and written in batches by a thread of their own, every ``FLUSH_SECONDS`` or
@@ -805,8 +810,9 @@ class AccessLog:
 
     FLUSH_SECONDS = 0.05
     BATCH = 512
-    FORMAT_STEP = 32
-    """Lines formatted at a time by the writer thread, which lets go of the GIL between."""
+    FORMAT_STEP = 16
+    """Lines formatted at a time by the writer thread (~30-60 us), which lets go of the GIL
+    between."""
 
     def __init__(self, fmt: str, stream: Any) -> None:
         self.json = fmt == "json"
@@ -844,7 +850,9 @@ class AccessLog:
         for start in range(step, len(noted), step):
             # Let the event loop have the GIL between steps: formatting a whole batch at once
             # would hold up the requests waiting for it (a batch's worth of microseconds).
-            time.sleep(0)
+            # A real sleep: ``sleep(0)`` lets go of the GIL, but this thread takes it back
+            # before a waiting one wakes (measured: the waiter's p99 unchanged).
+            time.sleep(YIELD_SECONDS)
             parts.append(self.format(noted[start : start + step]))
         try:
             self.stream.write("".join(parts))
