@@ -36,7 +36,7 @@ from app.dataplane import (
 )
 from app.limits import Admission
 from app.model_holder import ModelHolder
-from app.observability import Metrics
+from app.observability import Answer, Metrics
 from scoring.contract.decode import check_media_type
 from scoring.errors import ServiceError, Unauthorized
 from scoring.explain import contributions_of
@@ -240,10 +240,6 @@ def plain_top(query: bytes) -> int:
 def _raw_answered_by(label: str, role: str) -> tuple[tuple[bytes, bytes], ...]:
     """``answer_headers`` as ASGI wants them, made once per model and role."""
     return tuple((k.lower().encode(), v.encode()) for k, v in answer_headers(label, role))
-
-
-Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
-"""An answer as ASGI sends it: status, raw headers, body."""
 
 
 class HotPath:

@@ -665,12 +665,14 @@ class RequestIds:
 _request_ids = RequestIds()
 
 
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+"""An answer as ASGI sends it: status, raw headers, body."""
+
+
 class HotAnswers(Protocol):
     """What the request context asks of the hot path (``app.hotpath.HotPath``)."""
 
-    async def answer(
-        self, scope: Scope, receive: Receive
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    async def answer(self, scope: Scope, receive: Receive) -> Answer | None:
         """Status, raw headers and body of the answer to a request the hot path takes, else
         ``None`` (nothing read)."""
 
