@@ -30,11 +30,8 @@ cache) the kernels, so no request pays for them.
 from __future__ import annotations
 
 import importlib
-import itertools
 import logging
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -42,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from scoring.compiled import probe_rows
+from scoring.parallel import Helpers, shares
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +216,7 @@ class TreeShapEngine:
         self._trees = len(arrays.tree_split_start) - 1
         self.n_features = n_features
         self.base_value = base
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_size = 0
-        self._pool_lock = threading.Lock()
+        self._helpers = Helpers("treeshap")
 
     def contributions(self, x: np.ndarray, threads: int) -> np.ndarray:
         """``(n, n_features + 1)``: each feature's contribution, then the base value, like
@@ -238,50 +234,24 @@ class TreeShapEngine:
         if workers == 1 or n == 0:
             self._explain(x, out, (0, n), (0, self._trees))
         elif n >= MIN_ROWS_PER_THREAD * workers:
-            self._in_parallel([(x, out, rows, (0, self._trees)) for rows in _shares(n, workers)])
+            jobs = [(x, out, rows, (0, self._trees)) for rows in shares(n, workers)]
+            self._helpers.run(self._explain, jobs)
         else:
             parts = [out, *(np.zeros_like(out) for _ in range(workers - 1))]
-            self._in_parallel(
-                [
-                    (x, part, (0, n), trees)
-                    for part, trees in zip(parts, _shares(self._trees, workers), strict=True)
-                ]
-            )
+            tree_shares = shares(self._trees, workers)
+            jobs = [
+                (x, part, (0, n), trees) for part, trees in zip(parts, tree_shares, strict=True)
+            ]
+            self._helpers.run(self._explain, jobs)
             for part in parts[1:]:
                 out += part
         out[:, -1] = self.base_value
         return out
 
-    def _in_parallel(self, jobs: list[tuple[Any, ...]]) -> None:
-        """Run ``_explain`` on each job: the first on this thread, the others on the engine's
-        pool (the kernels release the GIL)."""
-        pool = self._threads(len(jobs) - 1)
-        done = [pool.submit(self._explain, *job) for job in jobs[1:]]
-        try:
-            self._explain(*jobs[0])
-        finally:
-            for future in done:
-                future.result()
-
-    def _threads(self, n: int) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None or self._pool_size < n:
-                if self._pool is not None:
-                    self._pool.shutdown(wait=False)
-                self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="treeshap")
-                self._pool_size = n
-            return self._pool
-
     def _explain(
         self, x: np.ndarray, out: np.ndarray, rows: tuple[int, int], trees: tuple[int, int]
     ) -> None:
         self._kernels.explain_rows(x, out, *rows, *trees, *self._forest)
-
-
-def _shares(n: int, parts: int) -> list[tuple[int, int]]:
-    """``range(n)`` cut into ``parts`` consecutive ranges of nearly equal length."""
-    bounds = [n * i // parts for i in range(parts + 1)]
-    return list(itertools.pairwise(bounds))
 
 
 def build_engine(

@@ -13,6 +13,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from scoring import compiled
 from scoring.compiled import TOLERANCE, FewRows, compile_booster, is_cached, probe_rows
 from scoring.predictors import BoosterPredictor
 from tests.helpers import FEATURES, PROJECT_DIR, make_frame
@@ -44,8 +45,8 @@ def test_a_few_rows_score_the_same_by_every_call_and_from_every_thread(
     booster: lgb.Booster, tmp_path: Path
 ) -> None:
     """A few rows go through ``FewRows`` (the GIL kept, buffers per thread); more rows, or more
-    threads, through lleaves' own calls: the same answers either way, from several threads at
-    once (each its own buffers), and never an answer left over from an earlier call."""
+    threads, through ``_score_rows``: the same answers either way, from several threads at once
+    (each its own buffers), and never an answer left over from an earlier call."""
     forest, note = compile_booster(booster, tmp_path)
     assert forest is not None, note
     rows, _ = make_frame(FewRows.ROWS + 1, seed=23)
@@ -72,6 +73,42 @@ def test_a_few_rows_score_the_same_by_every_call_and_from_every_thread(
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(score, range(8)))
+
+
+def test_a_batch_scored_in_pieces_on_several_threads_is_lightgbm_s_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bigger batches go to the compiled code in pieces of ``CHUNK_BYTES`` (here 7 rows, so
+    that the pieces end anywhere), the threads' shares cut anywhere too: every row scored once,
+    by the right code, with tiny values read as zeros in every piece, whatever the row count
+    and the thread count."""
+    x, y = make_frame(800, seed=24)
+    train = x.to_numpy(copy=True)
+    train[::3, :3] = 0.0  # zeros where it splits: read as missing
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 15, "zero_as_missing": True, "verbose": -1},
+        lgb.Dataset(train, y),
+        num_boost_round=20,
+    )
+    forest, note = compile_booster(booster, tmp_path)
+    assert forest is not None, note
+    monkeypatch.setattr(compiled, "CHUNK_BYTES", 7 * 8 * len(FEATURES))
+    monkeypatch.setattr(compiled, "MIN_ROWS_PER_THREAD", 5)
+    x = train[:403].copy()
+    x[::5, :3] = -compiled.ZERO_THRESHOLD / 2  # LightGBM reads these as zero, lleaves does not
+    x[0, 3] = np.nan
+    expected = booster.predict(x)
+    assert not np.allclose(forest.model.predict(x), expected, rtol=0, atol=TOLERANCE)
+    for n in (5, FewRows.ROWS, FewRows.ROWS + 1, 70, 71, 402, 403):
+        for threads in (1, 2, 3):
+            got = forest.predict(np.ascontiguousarray(x[:n]), threads=threads)
+            np.testing.assert_allclose(got, expected[:n], rtol=0, atol=TOLERANCE)
+    # Strided and Fortran-ordered rows are made contiguous first.
+    np.testing.assert_allclose(forest.predict(np.asfortranarray(x), 2), expected, atol=TOLERANCE)
+    np.testing.assert_allclose(forest.predict(x[::2], 2), expected[::2], atol=TOLERANCE)
+    assert compiled._helpers.size > 0, "no batch was shared among threads"
+    with pytest.raises(ValueError, match="features"):
+        forest.predict(np.ascontiguousarray(x[:, :-1]), threads=2)
 
 
 def test_compiled_code_is_cached_between_starts(booster: lgb.Booster, tmp_path: Path) -> None:
