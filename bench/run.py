@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -30,10 +31,12 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from bench import explain, fixture, load, memory, report, servers
@@ -43,6 +46,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 JSON = "application/json"
 PARQUET = "application/vnd.apache.parquet"
 ARROW = "application/vnd.apache.arrow.stream"
+BIG_ROUNDS = 11
+"""Rounds of the big bodies and the in-process floor in turn (``big_in_turn``)."""
+BIG_BODIES = (
+    ("json", "big", JSON),
+    ("parquet", "big_parquet", PARQUET),
+    ("arrow", "big_arrow", ARROW),
+)
 CHECK_ROWS = 500
 TOLERANCE = 1e-9
 
@@ -56,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     p.add_argument("--connections", type=int, default=16, help="the concurrent wrk run")
     p.add_argument("--repeats", type=int, default=5, help="big requests timed (median)")
+    p.add_argument(
+        "--big-rounds",
+        type=int,
+        default=BIG_ROUNDS,
+        help="rounds of the big bodies and the in-process floor measured in turn",
+    )
     p.add_argument("--workers", type=int, default=None, help="our workers (default: settings)")
     p.add_argument("--predict-threads", type=int, default=None, help="our PREDICT_THREADS")
     p.add_argument(
@@ -205,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                     tmp=tmp,
                     full=name != "ours_lightgbm",
                 )
+                if name == "ours":
+                    results[name]["big_in_turn"] = big_in_turn(
+                        server.base + "/invocations",
+                        bodies,
+                        lambda: booster.predict(x, num_threads=os.cpu_count() or 1),
+                        args.big_rounds,
+                    )
             log(f"{name}: {results[name]}")
         results["floor_pairs"] = floor_pairs(uri, bodies["one"], wrk, args, tmp, env=ours_env)
         results["bare"] = results["floor_pairs"]["bare"]
@@ -669,6 +692,46 @@ def measure(
         out["rss_mb"] = out["rss_scoring_mb"]  # nothing ran since
     out["pss_mb"] = server.rss_bytes()[1] / 2**20
     return out
+
+
+def big_in_turn(
+    url: str, bodies: dict[str, Path], floor_fn: Callable[[], Any], rounds: int
+) -> dict[str, Any]:
+    """The big bodies posted and the in-process floor (``floor_fn``: LightGBM on all threads)
+    timed in turn, ``rounds`` times, the order rotating: each ratio is the median of the rounds'
+    own (a post ÷ the floor's time of the same round), so both sides see the same moments of a
+    machine whose speed swings within a minute (the floor timed alone, minutes before the posts,
+    moved the ratios by a quarter between runs)."""
+    posts = {name: (bodies[key].read_bytes(), media) for name, key, media in BIG_BODIES}
+    times: dict[str, list[float]] = {"floor": [], **{name: [] for name in posts}}
+    with httpx.Client(timeout=300.0) as client:
+
+        def post(name: str) -> None:
+            body, media = posts[name]
+            response = client.post(url, content=body, headers={"Content-Type": media})
+            response.raise_for_status()
+            response.json()
+
+        steps: list[tuple[str, Callable[[], Any]]] = [("floor", floor_fn)]
+        steps += [(name, functools.partial(post, name)) for name in posts]
+        for _, step in steps:  # warm-up
+            step()
+        for k in range(rounds):
+            turn = k % len(steps)
+            for name, step in steps[turn:] + steps[:turn]:
+                started = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - started)
+    floor_s = times["floor"]
+    return {
+        "rounds": rounds,
+        "median_s": {name: load.median(values) for name, values in times.items()},
+        "ratio": {
+            name: load.median([t / f for t, f in zip(times[name], floor_s, strict=True)])
+            for name in posts
+        },
+        "all": {name: [round(t, 4) for t in values] for name, values in times.items()},
+    }
 
 
 def predictions(response: Any) -> np.ndarray:

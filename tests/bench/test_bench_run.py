@@ -25,7 +25,8 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
         pytest.skip("wrk is not installed and cannot be installed here")
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", *TINY, "--repeats", "1", "--no-lightgbm-run",
+        [sys.executable, "-m", "bench.run", *TINY, "--repeats", "1", "--big-rounds", "2",
+         "--no-lightgbm-run",
          "--swaps", "2", "--no-memory",  # the memory part has its own test (test_bench_memory)
          "--out", str(out), "--cache", str(tmp_path / "cache")],
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=290, check=False,
@@ -42,6 +43,10 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert results["ours"]["big_arrow_s"]["median"] > 0
     assert results["ours"]["big_parquet_s"]["median"] > 0
     assert results["floor"]["lightgbm_all_s"] > 0
+    turn = results["ours"]["big_in_turn"]  # the big bodies and the floor, round by round
+    assert turn["rounds"] == 2
+    assert all(len(turn["all"][name]) == 2 for name in ("floor", "json", "parquet", "arrow"))
+    assert all(turn["ratio"][name] > 0 for name in ("json", "parquet", "arrow"))
     swaps = results["swaps"]
     assert swaps["swaps"] == 2 and swaps["backend_after_swaps"] == "lleaves"
     assert swaps["rss_cold_mb"] > 0 and swaps["rss_after_swaps_mb"] > 0
@@ -76,6 +81,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert "Resident memory across model swaps" in table
     assert "A shadow challenger" in table
     assert "measured in turn for 2 rounds" in table
+    assert "the floor timed in turn for 2 rounds" in table
     assert "Against the HTTP floor" in table and "What monitoring and the access log cost" in table
     assert "| 1 row, 1 connection: p50 latency (ms) |" in table.split("**POST /explain**")[1]
     assert table in proc.stdout  # the same table is printed
