@@ -791,35 +791,43 @@ def _access_fields(
     }
 
 
-YIELD_SECONDS = 1e-6
-"""A background thread's pause to let the event loop take the GIL (the kernel makes it its
-minimum, tens of microseconds)."""
-
-
 class AccessLog:
-    """The access lines, one per request, noted on the request's thread (a tuple appended)
-    and formatted and written in batches by a thread of their own, every ``FLUSH_SECONDS`` or
-    each ``BATCH`` lines.
+    """The access lines, one per request: noted on the request's thread (a tuple appended),
+    formatted on the event loop in batches, a step of ``FORMAT_STEP`` lines per callback every
+    ``FLUSH_SECONDS``, and written by a thread of their own.
 
     Handing each record to a writer thread, as ``logging``'s queue does, wakes that thread per
     request; on a busy 2-core machine the switches cost a one-row request about half its time
-    (measured in ``make bench``). Formatting a line (its message, the time's text: one
-    ``strftime`` a second) costs a one-row request two Python calls and ~100 bytecodes when
-    done as it is answered; here it is done in one loop per batch, off the request's way. The
-    lines are exactly what the service's log format gives (text or JSON), and they are flushed
-    at exit.
+    (measured in ``make bench``). Formatting on the writer thread (the tenth session) cost the
+    GIL instead: each of its steps had to take the GIL back from a busy event loop, a forced
+    switch per 16 lines, ~30 us of CPU per request at 16 connections (CPU per request, in
+    turn, against the service with the access log off; ``bench/results/``). On the loop, in
+    callbacks of a few lines, the requests ready meanwhile run between the steps and no thread
+    waits for the GIL; the writer thread wakes once per batch to write it (the write lets go of
+    the GIL). Lines noted where no event loop runs (or left by a loop that stopped) are
+    formatted by the writer thread. The lines are exactly what the service's log format gives
+    (text or JSON), in order, and they are flushed at exit.
     """
 
     FLUSH_SECONDS = 0.05
-    BATCH = 512
-    FORMAT_STEP = 16
-    """Lines formatted at a time by the writer thread (~30-60 us), which lets go of the GIL
-    between."""
+    FORMAT_STEP = 32
+    """Lines formatted per callback on the loop (~60-120 us)."""
+    STALE_SECONDS = 1.0
+    """Lines noted this long ago and not yet taken by a loop are formatted by the writer."""
 
     def __init__(self, fmt: str, stream: Any) -> None:
         self.json = fmt == "json"
         self.stream = stream
         self.lines: list[tuple[float, str, str, str, int, float, dict[str, Any]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._noted_at = 0.0
+        # The batch being formatted, how far, and its text so far (under ``_lock``).
+        self._batch: list[tuple[float, str, str, str, int, float, dict[str, Any]]] = []
+        self._done = 0
+        self._parts: list[str] = []
+        self._texts: list[str] = []
+        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
@@ -837,27 +845,70 @@ class AccessLog:
     ) -> None:
         """Note a request's line (``state``: what ``access_notes`` says of it, not changed
         after this)."""
-        lines = self.lines
-        lines.append((time.time(), request_id, method, path, status, duration, state))
-        if len(lines) >= self.BATCH:
+        self.lines.append((time.time(), request_id, method, path, status, duration, state))
+        if self._timer is None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        """The loop formats what is noted ``FLUSH_SECONDS`` from now (or, with no loop
+        running here, the writer thread at once)."""
+        self._noted_at = time.monotonic()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             self._wake.set()
+            return
+        self._loop = loop
+        self._timer = loop.call_later(self.FLUSH_SECONDS, self._step)
+
+    def _step(self) -> None:
+        """On the loop: format the next ``FORMAT_STEP`` lines; again once the requests ready
+        meanwhile ran, until the batch is done."""
+        with self._lock:
+            if self._done >= len(self._batch):  # a new batch: what is noted now
+                self._timer = None
+                self._batch, self.lines = self.lines, []
+                self._done = 0
+            more = self._format_some(self.FORMAT_STEP)
+        if more:
+            loop = self._loop
+            if loop is not None:
+                loop.call_soon(self._step)
+            return
+        self._wake.set()
+        if self.lines and self._timer is None:
+            self._schedule()  # noted while the batch was formatted; no write came since
+
+    def _format_some(self, n: int) -> bool:
+        """Format ``n`` more lines of the batch (under ``_lock``); whether any are left. A
+        finished batch's text goes to the writer."""
+        end = self._done + n
+        if self._batch:
+            self._parts.append(self.format(self._batch[self._done : end]))
+        self._done = end
+        if end < len(self._batch):
+            return True
+        if self._parts:
+            self._texts.append("".join(self._parts))
+        self._batch, self._parts, self._done = [], [], 0
+        return False
 
     def flush(self) -> None:
-        # One swap under the GIL: a line noted meanwhile lands in one list or the other.
-        noted, self.lines = self.lines, []
-        if not noted:
+        """Format and write everything noted, here and now (in order: a batch the loop is
+        formatting first)."""
+        with self._lock:
+            self._format_some(len(self._batch))
+            self._batch, self.lines = self.lines, []
+            self._format_some(len(self._batch))
+        self._write_out()
+
+    def _write_out(self) -> None:
+        with self._lock:
+            texts, self._texts = self._texts, []
+        if not texts:
             return
-        step = self.FORMAT_STEP
-        parts = [self.format(noted[:step])]
-        for start in range(step, len(noted), step):
-            # Let the event loop have the GIL between steps: formatting a whole batch at once
-            # would hold up the requests waiting for it (a batch's worth of microseconds).
-            # A real sleep: ``sleep(0)`` lets go of the GIL, but this thread takes it back
-            # before a waiting one wakes (measured: the waiter's p99 unchanged).
-            time.sleep(YIELD_SECONDS)
-            parts.append(self.format(noted[start : start + step]))
         try:
-            self.stream.write("".join(parts))
+            self.stream.write("".join(texts))
             self.stream.flush()
         except (OSError, ValueError):
             pass  # stderr closed at exit: nothing left to tell
@@ -893,7 +944,13 @@ class AccessLog:
         while not self._closed:
             self._wake.wait(self.FLUSH_SECONDS)
             self._wake.clear()
-            self.flush()
+            self._write_out()
+            if self.lines and (
+                self._loop is None or time.monotonic() - self._noted_at > self.STALE_SECONDS
+            ):
+                # Noted where no loop runs, or its loop stopped before its timer: here.
+                self._timer = None
+                self.flush()
 
     def close(self) -> None:
         self._closed = True

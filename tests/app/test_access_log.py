@@ -1,5 +1,5 @@
-"""The access log: one line per request, formatted on the request's thread and written in
-batches by a thread of its own, in the service's text or JSON format."""
+"""The access log: one line per request, noted on the request's thread, formatted on the event
+loop in batches and written by a thread of its own, in the service's text or JSON format."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import io
 import json
 import logging
 import re
+import threading
 import time
+from typing import Any
 
+import pytest
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -87,6 +90,68 @@ def test_the_writer_thread_writes_without_being_asked() -> None:
     assert stream.getvalue().count("\n") == 3  # within a few FLUSH_SECONDS, unprompted
     log.close()
     assert stream.getvalue().count("\n") == 3
+
+
+def test_lines_noted_on_a_loop_are_formatted_there_in_steps_and_written_in_order() -> None:
+    """On a running loop the lines are formatted by the loop's own callbacks (no thread takes
+    the GIL from it), a few at a time with other callbacks between, and all come out in
+    order, those noted while a batch was being formatted too."""
+    stream = io.StringIO()
+    log = AccessLog("text", stream)
+    formatted_on: set[int] = set()
+    steps: list[int] = []
+    format_lines = log.format
+
+    def format_and_note(noted: list[Any]) -> str:
+        formatted_on.add(threading.get_ident())
+        steps.append(len(noted))
+        return format_lines(noted)
+
+    log.format = format_and_note  # type: ignore[method-assign]
+    n = 3 * AccessLog.FORMAT_STEP + 5
+    others: list[int] = []
+
+    async def requests() -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(n):
+            log.write(f"id-{i}", "POST", "/invocations", 200, duration=0.001, state={})
+        await asyncio.sleep(AccessLog.FLUSH_SECONDS * 0.5)
+        for i in range(n, n + 3):  # noted while the first batch waits or is being formatted
+            log.write(f"id-{i}", "POST", "/invocations", 200, duration=0.001, state={})
+        deadline = loop.time() + 5
+        while stream.getvalue().count("\n") < n + 3 and loop.time() < deadline:
+            others.append(len(steps))  # other work of the loop, between the steps
+            await asyncio.sleep(0)
+
+    asyncio.run(requests())
+    ids = [re.search(r"\[(id-\d+)\]", line)[1] for line in stream.getvalue().splitlines()]  # type: ignore[index]
+    assert ids == [f"id-{i}" for i in range(n + 3)]
+    assert formatted_on == {threading.get_ident()}, "formatted off the loop's thread"
+    assert max(steps) <= AccessLog.FORMAT_STEP and len(steps) >= 4
+    assert len(set(others)) > 2, "the loop ran nothing else between the steps"
+    log.close()
+    assert stream.getvalue().count("\n") == n + 3
+
+
+def test_lines_a_stopped_loop_left_are_written_by_the_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(AccessLog, "STALE_SECONDS", 0.2)
+    stream = io.StringIO()
+    log = AccessLog("text", stream)
+
+    async def one_request() -> None:
+        log.write("id-0", "POST", "/invocations", 200, duration=0.001, state={})
+
+    asyncio.run(one_request())  # the loop closes before its timer fires
+    waited = 0.0
+    while "id-0" not in stream.getvalue() and waited < 5:
+        time.sleep(0.01)
+        waited += 0.01
+    assert stream.getvalue().count("\n") == 1
+    log.write("id-1", "POST", "/invocations", 200, duration=0.001, state={})
+    log.close()
+    assert stream.getvalue().count("\n") == 2
 
 
 def test_uvicorn_builds_no_access_lines_of_its_own() -> None:
