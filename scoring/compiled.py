@@ -73,8 +73,6 @@ some thirty times; in pieces of about 1 MiB each piece stays cached for all its 
 rows of the 1000-tree benchmark forest on an AMD EPYC (median of 7-9, in turn in one process):
 one thread 108 -> 82 ms, two threads 54 -> 46 ms (lleaves' ``predict`` gives each thread one
 piece of half the rows); pieces of 500 to 2,000 rows all did as well (bench/results/)."""
-
-
 MIN_ROWS_PER_THREAD = 64
 """Fewer rows per thread than this are not worth a thread's wake-up (64 rows of the benchmark's
 1000 trees: ~1 ms)."""
@@ -96,7 +94,8 @@ class CompiledForest:
     """The quick tier's code (see the module's docstring)."""
 
     def predict(self, x: np.ndarray, threads: int) -> np.ndarray:
-        """Score a C-contiguous float64 matrix in the booster's feature order."""
+        """Score a float64 matrix in the booster's feature order (rows of more than a few are
+        made contiguous first if they are not)."""
         n = len(x)
         if threads <= 1 and n <= FewRows.ROWS:
             few = self._few
