@@ -871,9 +871,8 @@ class AccessLog:
                 self._done = 0
             more = self._format_some(self.FORMAT_STEP)
         if more:
-            loop = self._loop
-            if loop is not None:
-                loop.call_soon(self._step)
+            # This step's own loop (``_loop`` is the last loop a line was noted on).
+            asyncio.get_running_loop().call_soon(self._step)
             return
         self._wake.set()
         if self.lines and self._timer is None:
