@@ -15,43 +15,26 @@ _BIG_BODIES = (
 )
 
 
-def _against_the_floor(r: dict[str, Any], rows_n: str, lgb_floor: float | None) -> list[str]:
-    """The big bodies against in-process LightGBM: measured in turn when the run has it
-    (``bench.run.big_in_turn``), else each side's own median."""
+def _against_the_floor(r: dict[str, Any], rows_n: str) -> list[str]:
+    """The big bodies against in-process LightGBM, measured in turn (``bench.run.big_in_turn``)."""
     cores = r.get("floor", {}).get("cores", "?")
-    turn = r.get("ours", {}).get("big_in_turn")
-    if turn:
-        lines = [
-            f"**{rows_n} rows against the in-process floor** (LightGBM `Booster.predict`, all "
-            f"{cores} threads, in the benchmark's process; each body posted and the floor timed "
-            f"in turn for {turn['rounds']} rounds, the order rotating: figures are the medians "
-            "of the rounds, each ratio the median of the rounds' own)",
-            "",
-            "| body | bytes | this service (s) | floor (s) | ÷ floor | target | holds |",
-            "| --- | ---: | ---: | ---: | ---: | --- | --- |",
-        ]
-        floor_s = turn["median_s"]["floor"]
-        for label, name, limit in _BIG_BODIES:
-            ratio = turn["ratio"].get(name)
-            lines.append(
-                f"| {label} | {_fmt(_get(r, 'ours', f'big_{name}_bytes'))} | "
-                f"{_fmt(turn['median_s'].get(name))} | {_fmt(floor_s)} | {_fmt(ratio)} | "
-                f"≤ {limit:g}x | {_verdict(ratio, limit, False)} |"
-            )
-        return [*lines, ""]
+    turn = r["ours"]["big_in_turn"]
     lines = [
         f"**{rows_n} rows against the in-process floor** (LightGBM `Booster.predict`, all "
-        f"{cores} threads: {_fmt(lgb_floor)} s)",
+        f"{cores} threads, in the benchmark's process; each body posted and the floor timed "
+        f"in turn for {turn['rounds']} rounds, the order rotating: figures are the medians "
+        "of the rounds, each ratio the median of the rounds' own)",
         "",
-        "| body | bytes | this service (s, median) | ÷ floor | target | holds |",
-        "| --- | ---: | ---: | ---: | --- | --- |",
+        "| body | bytes | this service (s) | floor (s) | ÷ floor | target | holds |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
+    floor_s = turn["median_s"]["floor"]
     for label, name, limit in _BIG_BODIES:
-        seconds = _get(r, "ours", f"big_{name}_s", "median")
-        ratio = seconds / lgb_floor if seconds is not None and lgb_floor else None
+        ratio = turn["ratio"].get(name)
         lines.append(
-            f"| {label} | {_fmt(_get(r, 'ours', f'big_{name}_bytes'))} | {_fmt(seconds)} | "
-            f"{_fmt(ratio)} | ≤ {limit:g}x | {_verdict(ratio, limit, False)} |"
+            f"| {label} | {_fmt(_get(r, 'ours', f'big_{name}_bytes'))} | "
+            f"{_fmt(turn['median_s'].get(name))} | {_fmt(floor_s)} | {_fmt(ratio)} | "
+            f"≤ {limit:g}x | {_verdict(ratio, limit, False)} |"
         )
     return [*lines, ""]
 
@@ -140,7 +123,7 @@ def render(r: dict[str, Any]) -> str:
     row("… after the /explain runs too, settled (MB)", ("rss_mb",))
     lines.append("")
 
-    lines += _against_the_floor(r, rows_n, lgb_floor)
+    lines += _against_the_floor(r, rows_n)
 
     lines += [
         "**Scoring backends** (in process, and this service with each)",
