@@ -24,6 +24,11 @@ optimized code, still several times faster than LightGBM), which takes over at o
 optimized code, which replaces it. Each tier has its own cache entry; a start that finds the
 optimized object skips the quick one.
 
+The optimized tier's object holds a second entry point beside lleaves': ``scoring.lanes``' code,
+which scores four rows at once without a branch per split, for forests of small trees (the
+benchmark forest: 10,000 rows about twice as fast on one thread). Batches use it; a few rows
+(``FewRows``) keep lleaves' branches, faster for one row. Each entry point is checked on its own.
+
 Nothing compiled is trusted blindly: before use, its output is compared with ``Booster.predict``
 on probe rows built from the model's own split thresholds (exactly at, just below and just above
 each, plus missing, zero and out-of-range values), and any difference above ``TOLERANCE`` (or
@@ -60,9 +65,10 @@ TOLERANCE = 1e-9
 PROBE_ROWS = 1024
 ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
 COMPILE_TIMEOUT_S = 3600.0  # the 1000-tree benchmark forest: about two minutes on two busy cores
-# Bumped whenever the object code changes shape (here: entry symbol named after the key), so an
-# object left in the cache by an older build is never loaded under a symbol it lacks.
-_CACHE_FORMAT = "2"
+# Bumped whenever the object code changes shape (entry symbol named after the key: 2; the
+# batch entry of ``scoring.lanes`` beside it: 3), so an object left in the cache by an older
+# build is never loaded under a symbol it lacks, nor kept without the code a newer one adds.
+_CACHE_FORMAT = "3"
 OPTIMIZED_CODEGEN = 2  # LLVM's default code generation level, lleaves' own
 QUICK_CODEGEN = 0
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "santander-serving-lleaves"
@@ -77,7 +83,12 @@ MIN_ROWS_PER_THREAD = 64
 """Fewer rows per thread than this are not worth a thread's wake-up (64 rows of the benchmark's
 1000 trees: ~1 ms)."""
 
+LLEAVES_BLOCK_SIZE = 34  # lleaves' trees per block (its ``fblocksize`` default)
+LANES_SUFFIX = "_lanes"
+"""The batch entry point's name after the forest's own (``scoring.lanes``)."""
+
 _DOUBLE_P = ctypes.POINTER(ctypes.c_double)
+_ENTRY_TYPE = ctypes.CFUNCTYPE(None, _DOUBLE_P, _DOUBLE_P, ctypes.c_int32, ctypes.c_int32)
 
 
 @dataclass
@@ -92,6 +103,9 @@ class CompiledForest:
     backend: str = "lleaves"
     quick: bool = False
     """The quick tier's code (see the module's docstring)."""
+    lanes: Any = None
+    """``scoring.lanes``' entry point for batches (same signature as lleaves'), or ``None``:
+    then lleaves' code scores batches too."""
 
     def predict(self, x: np.ndarray, threads: int) -> np.ndarray:
         """Score a float64 matrix in the booster's feature order (rows of more than a few are
@@ -103,13 +117,14 @@ class CompiledForest:
                 few = self._few = FewRows(self._entry)
             if few is not None:
                 return few.predict(x)
-        entry = self._entry
+        entry = self.lanes or self._entry
         if entry is None:
             x = _zero_tiny(x)
             return np.asarray(self.model.predict(x, n_jobs=max(1, threads)), dtype=np.float64)
-        # The compiled function itself, in pieces (``CHUNK_BYTES``) on ``threads`` threads:
-        # lleaves' ``predict`` wraps it in checks and copies that cost more than scoring a few
-        # rows, and hands each thread all its rows at once.
+        # The compiled function itself (four rows at a time where the forest has that code),
+        # in pieces (``CHUNK_BYTES``) on ``threads`` threads: lleaves' ``predict`` wraps it in
+        # checks and copies that cost more than scoring a few rows, and hands each thread all
+        # its rows at once.
         width = self.model.num_feature()
         if x.ndim != 2 or x.shape[1] != width:
             raise ValueError(f"expected rows of {width} features, got {x.shape}")
@@ -134,8 +149,9 @@ class CompiledForest:
     def describe(self) -> str:
         source = "cached object code" if self.from_cache else "compiled now"
         tier = "quick code, " if self.quick else ""
+        batches = "batches four rows at a time, " if self.lanes is not None else ""
         return (
-            f"lleaves ({tier}{source}, {self.compile_seconds:.1f}s) matches LightGBM to "
+            f"lleaves ({tier}{batches}{source}, {self.compile_seconds:.1f}s) matches LightGBM to "
             f"{self.max_abs_diff:.1e} on {self.probe_rows} probe rows"
         )
 
@@ -247,7 +263,9 @@ def compile_booster(
         with _locked(directory / f"{key}.lock"):
             from_cache = target.is_file() and target.stat().st_size > 0
             codegen = QUICK_CODEGEN if quick else OPTIMIZED_CODEGEN
-            model = _compile(lleaves, text, directory, target, from_cache, codegen=codegen)
+            model, lanes = _compile(
+                lleaves, text, directory, target, from_cache, codegen=codegen, lanes=not quick
+            )
     except Exception as exc:  # any failure of an optional accelerator means: use LightGBM
         log.warning("lleaves could not compile the model: %s", exc, exc_info=True)
         return None, f"lleaves failed to compile the model ({type(exc).__name__}); using LightGBM"
@@ -257,8 +275,14 @@ def compile_booster(
         expected = np.asarray(booster.predict(rows, num_threads=1), dtype=np.float64)
         seconds = time.perf_counter() - started
         forest = CompiledForest(model, np.inf, len(rows), seconds, from_cache, quick=quick)
-        got = forest.predict(rows, 1)
-        diff = float(np.max(np.abs(expected - got))) if expected.shape == got.shape else np.inf
+        diff = _difference(expected, forest.predict(rows, 1))  # lleaves' code
+        if lanes is not None:
+            forest.lanes = lanes
+            lanes_diff = _difference(expected, forest.predict(rows, 1))
+            if not lanes_diff <= TOLERANCE:  # (never seen) lleaves' code scores batches too
+                log.warning("the four-row code differs from LightGBM by %.1e", lanes_diff)
+                forest.lanes = None
+            diff = max(diff, lanes_diff) if forest.lanes is not None else diff
     except Exception as exc:
         log.warning("lleaves could not score the probe rows: %s", exc, exc_info=True)
         return None, f"lleaves failed on the probe rows ({type(exc).__name__}); using LightGBM"
@@ -269,6 +293,10 @@ def compile_booster(
         )
     forest.max_abs_diff = diff
     return forest, forest.describe()
+
+
+def _difference(expected: np.ndarray, got: np.ndarray) -> float:
+    return float(np.max(np.abs(expected - got))) if expected.shape == got.shape else np.inf
 
 
 def is_cached(booster: Any, cache_dir: str | Path | None = None) -> bool:
@@ -328,8 +356,18 @@ def entry_symbol(key: str) -> str:
 
 
 def _compile(
-    lleaves: Any, text: str, directory: Path, target: Path, from_cache: bool, *, codegen: int
-) -> Any:
+    lleaves: Any,
+    text: str,
+    directory: Path,
+    target: Path,
+    from_cache: bool,
+    *,
+    codegen: int,
+    lanes: bool,
+) -> tuple[Any, Any]:
+    """lleaves' model with the object code at ``target`` (compiled first unless
+    ``from_cache``), and the batch entry point of ``scoring.lanes`` in it (``None`` when the
+    object has none)."""
     symbol = entry_symbol(target.stem)  # the cache key
     with tempfile.TemporaryDirectory(dir=directory, prefix="build-") as tmp:
         model_file = Path(tmp) / "model.txt"
@@ -337,21 +375,33 @@ def _compile(
         if not from_cache:
             # The object file is written by a child; publish it only once complete.
             partial = Path(tmp) / "model.o"
-            _compile_in_child(model_file, partial, symbol, codegen)
+            _compile_in_child(model_file, partial, symbol, codegen, lanes)
             os.replace(partial, target)
         model = lleaves.Model(model_file=str(model_file))
         # With an existing cache file lleaves loads that object code and compiles nothing.
         model.compile(cache=str(target), froot_func_name=symbol)
     # lleaves takes the entry's address without checking it: an object without this symbol
     # would give address 0 and crash the first call instead of failing here.
-    if not model._execution_engine.get_function_address(symbol):
+    engine = model._execution_engine
+    if not engine.get_function_address(symbol):
         raise RuntimeError(f"{target.name} has no entry point {symbol}")
-    return model
+    address = engine.get_function_address(symbol + LANES_SUFFIX) if lanes else 0
+    entry = _ENTRY_TYPE(address) if address else None
+    return model, entry
 
 
-def _compile_in_child(model_file: Path, out: Path, symbol: str, codegen: int) -> None:
+def _compile_in_child(model_file: Path, out: Path, symbol: str, codegen: int, lanes: bool) -> None:
     """Run ``python -m`` this module to compile ``model_file`` into object code at ``out``."""
-    command = [sys.executable, "-m", __name__, str(model_file), str(out), symbol, str(codegen)]
+    command = [
+        sys.executable,
+        "-m",
+        __name__,
+        str(model_file),
+        str(out),
+        symbol,
+        str(codegen),
+        "1" if lanes else "0",
+    ]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
     )
@@ -360,16 +410,41 @@ def _compile_in_child(model_file: Path, out: Path, symbol: str, codegen: int) ->
         raise RuntimeError(f"the compiler process exited with {done.returncode}: {tail}")
 
 
-def _compile_object(model_file: str, out: str, symbol: str, codegen: str) -> None:
-    """In the child: lleaves' IR for the forest, optimized by lleaves' passes, then object code
-    for this CPU at LLVM code generation level ``codegen``, written to ``out`` (lleaves' own
-    ``compile`` generates at LLVM's default level and loads it here; this only writes it)."""
-    compiler = importlib.import_module("lleaves.compiler")
+def _compile_object(model_file: str, out: str, symbol: str, codegen: str, lanes: str) -> None:
+    """In the child: lleaves' IR for the forest (and, with ``lanes`` "1" and a forest it fits,
+    ``scoring.lanes``' batch code beside it, at ``symbol + LANES_SUFFIX``), optimized by
+    lleaves' passes, then object code for this CPU at LLVM code generation level ``codegen``,
+    written to ``out`` (lleaves' own ``compile`` generates at LLVM's default level and loads
+    it here; this only writes it)."""
+    ast = importlib.import_module("lleaves.compiler.ast")
+    codegen_ir = importlib.import_module("lleaves.compiler.codegen")
+    ir = importlib.import_module("llvmlite.ir")
     llvm = importlib.import_module("llvmlite.binding")
     llvm.initialize()
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    module = compiler.compile_to_module(model_file, froot_func_name=symbol)
+    # lleaves' ``compile_to_module``, with a second function in the module.
+    forest = ast.parse_to_ast(model_file)
+    forest.raw_score = False
+    module_ir = ir.Module(name="forest")
+    codegen_ir.gen_forest(forest, module_ir, LLEAVES_BLOCK_SIZE, symbol, True)
+    if lanes == "1":
+        from scoring import lanes as lanes_code
+
+        why_not = lanes_code.unsupported(forest)
+        if why_not is None:
+            lanes_code.gen_forest(forest, module_ir, symbol + LANES_SUFFIX)
+        else:
+            print(f"lleaves' code only: {why_not}", file=sys.stderr)
+    module_ir.triple = llvm.get_process_triple()
+    module = llvm.parse_assembly(str(module_ir))
+    module.verify()
+    passes = llvm.PassManagerBuilder()
+    passes.opt_level = 3
+    passes.inlining_threshold = 1  # lleaves': any threshold makes LLVM inline the trees
+    manager = llvm.ModulePassManager()
+    passes.populate(manager)
+    manager.run(module)
     try:
         features = llvm.get_host_cpu_features().flatten()
     except RuntimeError:
@@ -438,9 +513,9 @@ def _collect(node: dict[str, Any], thresholds: list[list[float]]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
+    if len(sys.argv) != 6:
         sys.exit(
             f"usage: python -m {__spec__.name if __spec__ else 'compiled'} "
-            "MODEL_TXT OUT_O SYMBOL CODEGEN_LEVEL"
+            "MODEL_TXT OUT_O SYMBOL CODEGEN_LEVEL LANES(0|1)"
         )
     _compile_object(*sys.argv[1:])

@@ -44,9 +44,10 @@ def test_compiled_trees_match_lightgbm(booster: lgb.Booster, tmp_path: Path) -> 
 def test_a_few_rows_score_the_same_by_every_call_and_from_every_thread(
     booster: lgb.Booster, tmp_path: Path
 ) -> None:
-    """A few rows go through ``FewRows`` (the GIL kept, buffers per thread); more rows, or more
-    threads, through ``_score_rows``: the same answers either way, from several threads at once
-    (each its own buffers), and never an answer left over from an earlier call."""
+    """A few rows go through ``FewRows`` (the GIL kept, buffers per thread, lleaves' code); more
+    rows, or more threads, through ``_score_rows`` (the four-row code): LightGBM's answers
+    either way (the two sum the trees in another order: equal to ~1e-16), from several threads
+    at once (each its own buffers), and never an answer left over from an earlier call."""
     forest, note = compile_booster(booster, tmp_path)
     assert forest is not None, note
     rows, _ = make_frame(FewRows.ROWS + 1, seed=23)
@@ -59,7 +60,8 @@ def test_a_few_rows_score_the_same_by_every_call_and_from_every_thread(
         one_thread = forest.predict(part, threads=1)
         assert one_thread.shape == (n,)
         np.testing.assert_allclose(one_thread, expected[:n], rtol=0, atol=TOLERANCE)
-        np.testing.assert_array_equal(one_thread, forest.predict(part, threads=2))
+        two_threads = forest.predict(part, threads=2)
+        np.testing.assert_allclose(two_threads, expected[:n], rtol=0, atol=TOLERANCE)
     assert forest._few is not None  # the few-rows call was really taken
 
     def score(start: int) -> bool:
@@ -111,6 +113,112 @@ def test_a_batch_scored_in_pieces_on_several_threads_is_lightgbm_s_answer(
         forest.predict(np.ascontiguousarray(x[:, :-1]), threads=2)
 
 
+def _trained(params: dict[str, object], dataset: lgb.Dataset, rounds: int = 30) -> lgb.Booster:
+    return lgb.train({"objective": "binary", "verbose": -1, **params}, dataset, rounds)
+
+
+def _splits(booster: lgb.Booster) -> list[dict[str, object]]:
+    found, stack = [], [t["tree_structure"] for t in booster.dump_model()["tree_info"]]
+    while stack:
+        node = stack.pop()
+        if "split_feature" in node:
+            found.append(node)
+            stack += (node["left_child"], node["right_child"])
+    return found
+
+
+@pytest.mark.parametrize("missing", ["NaN", "Zero", "None"])
+def test_batches_scored_four_rows_at_a_time_send_missing_values_where_lightgbm_does(
+    missing: str, tmp_path: Path
+) -> None:
+    """Batches go to the four-row code (``scoring.lanes``), which tests every split for four
+    rows at once: rows at, just below and just above each threshold, NaN, zeros and tiny values
+    go where LightGBM sends them, for each kind of split LightGBM makes (missing values as NaN,
+    zeros as missing, none: NaN read as 0.0), both default directions and thresholds of both
+    signs, and for any count of rows (a group of four part empty, a block of 32 part full)."""
+    frame, y = make_frame(1500, seed=31)
+    x = frame.to_numpy(copy=True)
+    params: dict[str, object] = {"num_leaves": 13, "min_data_in_leaf": 5}
+    if missing == "Zero":
+        x[::3, :8] = 0.0
+        params["zero_as_missing"] = True
+    else:
+        x[::3, :8] = np.nan
+        params["use_missing"] = missing == "NaN"
+    booster = _trained(params, lgb.Dataset(x, y))
+    splits = [s for s in _splits(booster) if s["missing_type"] == missing]
+    if missing != "None":  # (with none missing, NaN goes where 0.0 goes: the threshold's sign)
+        assert {bool(s["default_left"]) for s in splits} == {True, False}
+    assert {float(str(s["threshold"])) < 0 for s in splits} == {True, False}
+    forest, note = compile_booster(booster, tmp_path)
+    assert forest is not None and forest.lanes is not None, note
+    assert "four rows at a time" in note
+    rows = probe_rows(booster, n=403, seed=5)
+    rows[:: len(rows) // 7, :8] = np.nan if missing != "Zero" else 0.0
+    expected = booster.predict(rows)
+    for n in (1, 3, 4, 5, 31, 32, 33, 100, 403):
+        for threads in (2, 3):  # (more than one thread: the batch code even for one row)
+            got = forest.predict(np.ascontiguousarray(rows[:n]), threads)
+            np.testing.assert_allclose(got, expected[:n], rtol=0, atol=TOLERANCE)
+
+
+def test_forests_the_four_row_code_does_not_fit_score_batches_with_lleaves_code(
+    tmp_path: Path,
+) -> None:
+    """Categorical splits, trees of more than 64 leaves (a mask's bits), or of more than 24 on
+    average (every split tested costs more than the branches save): lleaves' code scores
+    batches, and says nothing of four rows."""
+    from lleaves.compiler.ast import parse_to_ast
+
+    from scoring import lanes
+
+    frame, y = make_frame(1500, seed=32)
+    x = frame.to_numpy(copy=True)
+    x[:, 5] = np.random.default_rng(1).integers(0, 8, len(x))
+    by_category = np.isin(x[:, 5], (2, 5)).astype(int)
+    boosters = {
+        "categorical splits": _trained(
+            {"num_leaves": 7}, lgb.Dataset(x, by_category, categorical_feature=[5]), rounds=10
+        ),
+        "more than 64 leaves": _trained(
+            {"num_leaves": 80, "min_data_in_leaf": 2}, lgb.Dataset(x, y), rounds=2
+        ),
+        "more than 24 leaves on average": _trained(
+            {"num_leaves": 31, "min_data_in_leaf": 2}, lgb.Dataset(x, y), rounds=4
+        ),
+    }
+    for why, booster in boosters.items():
+        model_file = tmp_path / "model.txt"
+        booster.save_model(model_file)
+        assert why in str(lanes.unsupported(parse_to_ast(str(model_file))))
+        forest, note = compile_booster(booster, tmp_path)
+        assert forest is not None and forest.lanes is None and "four rows" not in note, why
+        got = forest.predict(np.ascontiguousarray(x[:300]), 2)
+        np.testing.assert_allclose(got, booster.predict(x[:300]), rtol=0, atol=TOLERANCE)
+    small = _trained({"num_leaves": 13}, lgb.Dataset(x, y), rounds=3)
+    small.save_model(tmp_path / "small.txt")
+    assert lanes.unsupported(parse_to_ast(str(tmp_path / "small.txt"))) is None
+
+
+def test_four_row_code_that_differs_from_lightgbm_is_left_unused(
+    booster: lgb.Booster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe rows check the four-row code apart from lleaves': code that answers wrong
+    is dropped, and lleaves' code scores batches too."""
+    real = compiled._compile
+
+    def wrong_lanes(*args: object, **kwargs: object) -> tuple[object, object]:
+        model, lanes = real(*args, **kwargs)  # type: ignore[arg-type]
+        assert lanes is not None
+        return model, compiled._ENTRY_TYPE(lambda rows, out, start, end: None)  # scores nothing
+
+    monkeypatch.setattr(compiled, "_compile", wrong_lanes)
+    forest, note = compile_booster(booster, tmp_path)
+    assert forest is not None and forest.lanes is None and "four rows" not in note, note
+    x = make_frame(300, seed=25)[0].to_numpy()
+    np.testing.assert_allclose(forest.predict(x, 2), booster.predict(x), rtol=0, atol=TOLERANCE)
+
+
 def test_compiled_code_is_cached_between_starts(booster: lgb.Booster, tmp_path: Path) -> None:
     first, note = compile_booster(booster, tmp_path)
     assert first is not None and not first.from_cache, note
@@ -123,6 +231,7 @@ def test_quick_code_matches_lightgbm_and_is_cached_apart(
 ) -> None:
     quick, note = compile_booster(booster, tmp_path, quick=True)
     assert quick is not None and quick.quick and "quick code" in note, note
+    assert quick.lanes is None  # the four-row code only comes with the optimized
     rows, _ = make_frame(300, seed=23)
     x = rows.to_numpy(copy=True)
     x[7, 2] = np.nan
@@ -132,6 +241,7 @@ def test_quick_code_matches_lightgbm_and_is_cached_apart(
     assert not is_cached(booster, tmp_path)  # the quick object is not the optimized one
     optimized, note = compile_booster(booster, tmp_path)
     assert optimized is not None and not optimized.quick and not optimized.from_cache, note
+    assert optimized.lanes is not None
     assert is_cached(booster, tmp_path) and len(list(tmp_path.glob("*.o"))) == 2
 
 
