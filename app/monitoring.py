@@ -152,7 +152,9 @@ class DriftMonitor:
                 return True
             features = list(model.predictor.features)
             self._columns = [features.index(f) for f in profile.features]
-            self._x = np.empty((self.window, len(features)), dtype=np.float64)
+            # Column-major: big bodies arrive column-major (Parquet, Arrow) and are copied in
+            # as they are; the PSI reads the window column by column.
+            self._x = np.empty((self.window, len(features)), dtype=np.float64, order="F")
             self._p = np.empty(self.window, dtype=np.float64)
         return True
 
@@ -165,7 +167,7 @@ class DriftMonitor:
                 return None
             if filled == 0 or seen == self._computed_seen:
                 return self.result
-            x = self._x[:filled].copy()
+            x = self._x[:filled].copy(order="F")
             p = self._p[:filled].copy()
             columns = list(self._columns)
         profile = model.profile

@@ -66,9 +66,10 @@ PROBE_ROWS = 1024
 ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (1e-35f)
 COMPILE_TIMEOUT_S = 3600.0  # the 1000-tree benchmark forest: about two minutes on two busy cores
 # Bumped whenever the object code changes shape (entry symbol named after the key: 2; the
-# batch entry of ``scoring.lanes`` beside it: 3), so an object left in the cache by an older
-# build is never loaded under a symbol it lacks, nor kept without the code a newer one adds.
-_CACHE_FORMAT = "3"
+# batch entry of ``scoring.lanes`` beside it: 3; that entry reading strided matrices: 4), so an
+# object left in the cache by an older build is never loaded under a symbol it lacks, nor
+# called by another signature, nor kept without the code a newer one adds.
+_CACHE_FORMAT = "4"
 OPTIMIZED_CODEGEN = 2  # LLVM's default code generation level, lleaves' own
 QUICK_CODEGEN = 0
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "santander-serving-lleaves"
@@ -88,7 +89,9 @@ LANES_SUFFIX = "_lanes"
 """The batch entry point's name after the forest's own (``scoring.lanes``)."""
 
 _DOUBLE_P = ctypes.POINTER(ctypes.c_double)
-_ENTRY_TYPE = ctypes.CFUNCTYPE(None, _DOUBLE_P, _DOUBLE_P, ctypes.c_int32, ctypes.c_int32)
+_LANES_TYPE = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_void_p, *(ctypes.c_int64,) * 4
+)  # (x, out, start, end, row step, column step): ``scoring.lanes.gen_forest``
 
 
 @dataclass
@@ -104,12 +107,12 @@ class CompiledForest:
     quick: bool = False
     """The quick tier's code (see the module's docstring)."""
     lanes: Any = None
-    """``scoring.lanes``' entry point for batches (same signature as lleaves'), or ``None``:
-    then lleaves' code scores batches too."""
+    """``scoring.lanes``' entry point for batches, or ``None``: then lleaves' code scores
+    batches too."""
 
     def predict(self, x: np.ndarray, threads: int) -> np.ndarray:
-        """Score a float64 matrix in the booster's feature order (rows of more than a few are
-        made contiguous first if they are not)."""
+        """Score a float64 matrix in the booster's feature order (any layout: the four-row
+        code reads it in place; lleaves' code gets contiguous rows)."""
         n = len(x)
         if threads <= 1 and n <= FewRows.ROWS:
             few = self._few
@@ -117,21 +120,27 @@ class CompiledForest:
                 few = self._few = FewRows(self._entry)
             if few is not None:
                 return few.predict(x)
-        entry = self.lanes or self._entry
-        if entry is None:
+        entry = self._entry
+        if entry is None and self.lanes is None:
             x = _zero_tiny(x)
             return np.asarray(self.model.predict(x, n_jobs=max(1, threads)), dtype=np.float64)
-        # The compiled function itself (four rows at a time where the forest has that code),
-        # in pieces (``CHUNK_BYTES``) on ``threads`` threads: lleaves' ``predict`` wraps it in
-        # checks and copies that cost more than scoring a few rows, and hands each thread all
-        # its rows at once.
+        # The compiled functions themselves, on ``threads`` threads: lleaves' ``predict``
+        # wraps its code in checks and copies that cost more than scoring a few rows, and
+        # hands each thread all its rows at once.
         width = self.model.num_feature()
         if x.ndim != 2 or x.shape[1] != width:
             raise ValueError(f"expected rows of {width} features, got {x.shape}")
-        x = np.ascontiguousarray(x, dtype=np.float64)
-        out = np.zeros(n, dtype=np.float64)
-        step = max(1, CHUNK_BYTES // (8 * width))
+        out = np.empty(n, dtype=np.float64)
         parts = max(1, min(threads, n // MIN_ROWS_PER_THREAD))
+        if self.lanes is not None:
+            if x.dtype != np.float64 or any(s < 0 or s % 8 for s in x.strides):
+                x = np.ascontiguousarray(x, dtype=np.float64)
+            steps = (x.strides[0] // 8, x.strides[1] // 8)
+            jobs = [(self.lanes, x, out, rows, steps) for rows in shares(n, parts)]
+            _helpers.run(_score_lanes, jobs)
+            return out
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        step = max(1, CHUNK_BYTES // (8 * width))
         _helpers.run(_score_rows, [(entry, x, out, rows, step) for rows in shares(n, parts)])
         return out
 
@@ -170,6 +179,15 @@ def _score_rows(
         last = min(end, first + step)
         piece = _zero_tiny(x[first:last])
         entry(piece.ctypes.data_as(_DOUBLE_P), out[first:].ctypes.data_as(_DOUBLE_P), 0, len(piece))
+
+
+def _score_lanes(
+    lanes: Any, x: np.ndarray, out: np.ndarray, rows: tuple[int, int], steps: tuple[int, int]
+) -> None:
+    """Rows ``start:end`` (``rows``) of ``x`` scored into ``out`` by the four-row code, which
+    reads ``x`` in place by its ``steps`` (strides in values) and zeroes tiny values itself; it
+    lets go of the GIL while it runs."""
+    lanes(x.ctypes.data, out.ctypes.data, *rows, *steps)
 
 
 def _zero_tiny(x: np.ndarray) -> np.ndarray:
@@ -386,7 +404,7 @@ def _compile(
     if not engine.get_function_address(symbol):
         raise RuntimeError(f"{target.name} has no entry point {symbol}")
     address = engine.get_function_address(symbol + LANES_SUFFIX) if lanes else 0
-    entry = _ENTRY_TYPE(address) if address else None
+    entry = _LANES_TYPE(address) if address else None
     return model, entry
 
 

@@ -18,14 +18,16 @@ So a forest gets this code only when its trees have at most ``MAX_MEAN_LEAVES`` 
 average (and at most ``MAX_LEAVES``, the mask's bits). For one row lleaves' branches are
 faster still (40 us against 67 for the benchmark forest): a few rows keep lleaves' code.
 
-Rows arrive row-major; each block of ``ROWS_PER_BLOCK`` rows is first copied column-major into
-a buffer on the stack, so that a split's feature for four rows is one vector load. The trees run
-in blocks of ``TREES_PER_BLOCK`` over the block's rows (the code of a few trees stays in the
-instruction cache while it serves all the rows). A split's test is lleaves' own, written for
-vectors: the same ordered or unordered comparison, so missing values (NaN, and zeros where the
-model reads them as missing) go where LightGBM sends them. The sum runs tree by tree in the
-model's order, as LightGBM's does, and the model's objective (the sigmoid, for a binary model)
-is lleaves' code for it.
+Each block of ``ROWS_PER_BLOCK`` rows is first copied column-major into a buffer on the stack,
+so that a split's feature for four rows is one vector load; the copy reads the caller's matrix
+in place, row-major or column-major (a Parquet or Arrow body's columns stack column-major
+faster) or any slice, and reads values of at most LightGBM's zero threshold as 0.0 on the way.
+The trees run in blocks of ``TREES_PER_BLOCK`` over the block's rows (the code of a few trees
+stays in the instruction cache while it serves all the rows). A split's test is lleaves' own,
+written for vectors: the same ordered or unordered comparison, so missing values (NaN, and
+zeros where the model reads them as missing) go where LightGBM sends them. The sum runs tree
+by tree in the model's order, as LightGBM's does, and the model's objective (the sigmoid, for a
+binary model) is lleaves' code for it.
 
 Generated only for models lleaves supports and this code can: one output (no multiclass),
 numerical splits only (no categorical), at most ``MAX_LEAVES`` leaves a tree. The caller
@@ -39,6 +41,8 @@ from typing import Any
 from lleaves.compiler.codegen.codegen import _populate_objective_func_block
 from lleaves.compiler.utils import MissingType
 from llvmlite import ir
+
+from scoring.compiled import ZERO_THRESHOLD
 
 LANES = 4
 ROWS_PER_BLOCK = 32
@@ -83,19 +87,21 @@ def unsupported(forest: Any) -> str | None:
 
 
 def gen_forest(forest: Any, module: Any, name: str) -> None:
-    """Add ``void name(double* rows, double* out, i32 start, i32 end)`` to ``module``: rows
-    ``start:end`` of the row-major ``rows`` scored into ``out[start:end]``, as lleaves' entry
-    point does (the same signature, so the same caller)."""
+    """Add ``void name(double* x, double* out, i64 start, i64 end, i64 row_step,
+    i64 column_step)`` to ``module``: rows ``start:end`` of the matrix at ``x`` scored into
+    ``out[start:end]``, where value ``(i, j)`` is ``x[i * row_step + j * column_step]`` (a
+    numpy array's strides in values: row-major, column-major and every slice of them read in
+    place). Values with ``|v| <= ZERO_THRESHOLD`` are read as 0.0, as LightGBM reads them."""
     width = forest.n_args
     block = ROWS_PER_BLOCK
-    fn = ir.Function(
-        module, ir.FunctionType(ir.VoidType(), (_D.as_pointer(), _D.as_pointer(), _I32, _I32)), name
-    )
-    rows, out, start, end = fn.args
+    arguments = (_D.as_pointer(), _D.as_pointer(), _I64, _I64, _I64, _I64)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), arguments), name)
+    rows, out, start, end, row_step, column_step = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     columns = b.alloca(_D, width * block, name="columns")  # columns[j * block + i]
     sums = b.alloca(_D, block, name="sums")
     cttz = ir.Function(module, ir.FunctionType(_VI, [_VI, _I1]), name=f"llvm.cttz.v{LANES}i64")
+    fabs = module.declare_intrinsic("llvm.fabs", [_D])
 
     def at(buffer: Any, *terms: Any) -> Any:
         index = terms[0]
@@ -106,26 +112,41 @@ def gen_forest(forest: Any, module: Any, name: str) -> None:
     def i64(value: int) -> Any:
         return ir.Constant(_I64, value)
 
-    first_rows = _Loop(b, fn, b.zext(start, _I64), b.zext(end, _I64), step=block, name="block")
+    def copy(i: Any, j: Any) -> None:
+        """Value (first + i, j) into the block's columns, tiny values as 0.0."""
+        value = b.load(at(rows, b.mul(b.add(first, i), row_step), b.mul(j, column_step)))
+        tiny = b.fcmp_ordered("<=", b.call(fabs, [value]), ir.Constant(_D, ZERO_THRESHOLD))
+        value = b.select(tiny, ir.Constant(_D, 0.0), value)
+        b.store(value, at(columns, b.mul(j, i64(block)), i))
+
+    first_rows = _Loop(b, fn, start, end, step=block, name="block")
     first = first_rows.index
-    left = b.sub(b.zext(end, _I64), first)
+    left = b.sub(end, first)
     n = b.select(b.icmp_signed("<", left, i64(block)), left, i64(block))
-    # The block's rows, column-major; the last group of four padded with zeros.
-    i = _Loop(b, fn, i64(0), n, step=1, name="row")
-    row_start = b.mul(b.add(first, i.index), i64(width))
-    j = _Loop(b, fn, i64(0), i64(width), step=1, name="feature")
-    value = b.load(at(rows, row_start, j.index))
-    b.store(value, at(columns, b.mul(j.index, i64(block)), i.index))
-    j.close()
-    b.store(ir.Constant(_D, 0.0), at(sums, i.index))
-    i.close()
     lanes_end = b.and_(b.add(n, i64(LANES - 1)), i64(-LANES))
+    # The block's rows, column-major, read in the order they lie in memory; the last group of
+    # four padded with zeros.
+    with b.if_else(b.icmp_signed("==", column_step, i64(1))) as (by_rows, by_columns):
+        with by_rows:
+            i = _Loop(b, fn, i64(0), n, step=1, name="row")
+            j = _Loop(b, fn, i64(0), i64(width), step=1, name="feature")
+            copy(i.index, j.index)
+            j.close()
+            i.close()
+        with by_columns:
+            j = _Loop(b, fn, i64(0), i64(width), step=1, name="column")
+            i = _Loop(b, fn, i64(0), n, step=1, name="value")
+            copy(i.index, j.index)
+            i.close()
+            j.close()
     pad = _Loop(b, fn, n, lanes_end, step=1, name="pad")
     j = _Loop(b, fn, i64(0), i64(width), step=1, name="pad_feature")
     b.store(ir.Constant(_D, 0.0), at(columns, b.mul(j.index, i64(block)), pad.index))
     j.close()
-    b.store(ir.Constant(_D, 0.0), at(sums, pad.index))
     pad.close()
+    zero = _Loop(b, fn, i64(0), lanes_end, step=1, name="sum")
+    b.store(ir.Constant(_D, 0.0), at(sums, zero.index))
+    zero.close()
 
     trees = forest.trees
     for t0 in range(0, len(trees), TREES_PER_BLOCK):

@@ -792,11 +792,11 @@ def from_table(table: Any, features: Sequence[str], max_rows: int) -> np.ndarray
     columns = check_columns(list(table.column_names), features)
     check_row_count(table.num_rows, max_rows)
     if all(t == pa.float64() for t in table.schema.types):
-        # The usual big batch: Arrow stacks it row-major in C++ (nulls as NaN), about twice
-        # as fast as copying column by column.
+        # The usual big batch: Arrow stacks it in C++ (nulls as NaN), column-major: each column
+        # one copy (10,000 rows of 200: 1.5 ms, row-major 5.5), and the compiled trees' batch
+        # code reads columns in place (``scoring.lanes``).
         batch = table.combine_chunks().to_batches()[0]
-        stacked = batch.to_tensor(null_to_nan=True, row_major=True).to_numpy()
-        x = np.ascontiguousarray(stacked, dtype=np.float64)
+        x = np.asarray(batch.to_tensor(null_to_nan=True, row_major=False).to_numpy())
         check_finite(x, columns)
         return align(x, columns, features)
     x = np.empty((table.num_rows, len(features)), dtype=np.float64)

@@ -77,13 +77,16 @@ def test_a_few_rows_score_the_same_by_every_call_and_from_every_thread(
         assert all(pool.map(score, range(8)))
 
 
-def test_a_batch_scored_in_pieces_on_several_threads_is_lightgbm_s_answer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("code", ["four rows", "lleaves"])
+def test_a_batch_scored_on_several_threads_is_lightgbm_s_answer(
+    code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Bigger batches go to the compiled code in pieces of ``CHUNK_BYTES`` (here 7 rows, so
-    that the pieces end anywhere), the threads' shares cut anywhere too: every row scored once,
-    by the right code, with tiny values read as zeros in every piece, whatever the row count
-    and the thread count."""
+    """Bigger batches go to the compiled code on several threads, the threads' shares cut
+    anywhere: every row scored once, by the right code, with tiny values read as zeros, whatever
+    the row count, the thread count and the matrix's layout. The four-row code reads the matrix
+    in place (row-major, column-major, every other row, every other column) and zeroes tiny
+    values as it copies them; lleaves' code gets contiguous rows in pieces of ``CHUNK_BYTES``
+    (here 7 rows, so that the pieces end anywhere), tiny values zeroed in each piece."""
     x, y = make_frame(800, seed=24)
     train = x.to_numpy(copy=True)
     train[::3, :3] = 0.0  # zeros where it splits: read as missing
@@ -93,11 +96,14 @@ def test_a_batch_scored_in_pieces_on_several_threads_is_lightgbm_s_answer(
         num_boost_round=20,
     )
     forest, note = compile_booster(booster, tmp_path)
-    assert forest is not None, note
+    assert forest is not None and forest.lanes is not None, note
+    if code == "lleaves":
+        forest.lanes = None
     monkeypatch.setattr(compiled, "CHUNK_BYTES", 7 * 8 * len(FEATURES))
     monkeypatch.setattr(compiled, "MIN_ROWS_PER_THREAD", 5)
     x = train[:403].copy()
     x[::5, :3] = -compiled.ZERO_THRESHOLD / 2  # LightGBM reads these as zero, lleaves does not
+    x[1::5, :3] = compiled.ZERO_THRESHOLD
     x[0, 3] = np.nan
     expected = booster.predict(x)
     assert not np.allclose(forest.model.predict(x), expected, rtol=0, atol=TOLERANCE)
@@ -105,9 +111,12 @@ def test_a_batch_scored_in_pieces_on_several_threads_is_lightgbm_s_answer(
         for threads in (1, 2, 3):
             got = forest.predict(np.ascontiguousarray(x[:n]), threads=threads)
             np.testing.assert_allclose(got, expected[:n], rtol=0, atol=TOLERANCE)
-    # Strided and Fortran-ordered rows are made contiguous first.
-    np.testing.assert_allclose(forest.predict(np.asfortranarray(x), 2), expected, atol=TOLERANCE)
-    np.testing.assert_allclose(forest.predict(x[::2], 2), expected[::2], atol=TOLERANCE)
+    for layout in (np.asfortranarray(x), x[::2], np.asfortranarray(x)[1::2]):
+        expected_rows = booster.predict(np.ascontiguousarray(layout))
+        np.testing.assert_allclose(forest.predict(layout, 2), expected_rows, atol=TOLERANCE)
+    wide = np.zeros((len(x), 2 * len(FEATURES)))
+    wide[:, ::2] = x
+    np.testing.assert_allclose(forest.predict(wide[:, ::2], 2), expected, atol=TOLERANCE)
     assert compiled._helpers.size > 0, "no batch was shared among threads"
     with pytest.raises(ValueError, match="features"):
         forest.predict(np.ascontiguousarray(x[:, :-1]), threads=2)
@@ -210,7 +219,7 @@ def test_four_row_code_that_differs_from_lightgbm_is_left_unused(
     def wrong_lanes(*args: object, **kwargs: object) -> tuple[object, object]:
         model, lanes = real(*args, **kwargs)  # type: ignore[arg-type]
         assert lanes is not None
-        return model, compiled._ENTRY_TYPE(lambda rows, out, start, end: None)  # scores nothing
+        return model, compiled._LANES_TYPE(lambda *_: None)  # scores nothing
 
     monkeypatch.setattr(compiled, "_compile", wrong_lanes)
     forest, note = compile_booster(booster, tmp_path)
