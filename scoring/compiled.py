@@ -451,7 +451,7 @@ def _compile_object(model_file: str, out: str, symbol: str, codegen: str, lanes:
 
         why_not = lanes_code.unsupported(forest)
         if why_not is None:
-            lanes_code.gen_forest(forest, module_ir, symbol + LANES_SUFFIX)
+            lanes_code.gen_forest(forest, module_ir, symbol + LANES_SUFFIX, ZERO_THRESHOLD)
         else:
             print(f"lleaves' code only: {why_not}", file=sys.stderr)
     module_ir.triple = llvm.get_process_triple()

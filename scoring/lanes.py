@@ -42,8 +42,6 @@ from lleaves.compiler.codegen.codegen import _populate_objective_func_block
 from lleaves.compiler.utils import MissingType
 from llvmlite import ir
 
-from scoring.compiled import ZERO_THRESHOLD
-
 LANES = 4
 ROWS_PER_BLOCK = 32
 """Rows copied column-major at a time: 51 KB of 200 features, within a core's L2 cache. 16 to
@@ -86,12 +84,13 @@ def unsupported(forest: Any) -> str | None:
     return None
 
 
-def gen_forest(forest: Any, module: Any, name: str) -> None:
+def gen_forest(forest: Any, module: Any, name: str, zero_threshold: float) -> None:
     """Add ``void name(double* x, double* out, i64 start, i64 end, i64 row_step,
     i64 column_step)`` to ``module``: rows ``start:end`` of the matrix at ``x`` scored into
     ``out[start:end]``, where value ``(i, j)`` is ``x[i * row_step + j * column_step]`` (a
     numpy array's strides in values: row-major, column-major and every slice of them read in
-    place). Values with ``|v| <= ZERO_THRESHOLD`` are read as 0.0, as LightGBM reads them."""
+    place). Values with ``|v| <= zero_threshold`` (LightGBM's ``kZeroThreshold``) are read as
+    0.0, as LightGBM reads them."""
     width = forest.n_args
     block = ROWS_PER_BLOCK
     arguments = (_D.as_pointer(), _D.as_pointer(), _I64, _I64, _I64, _I64)
@@ -115,7 +114,7 @@ def gen_forest(forest: Any, module: Any, name: str) -> None:
     def copy(i: Any, j: Any) -> None:
         """Value (first + i, j) into the block's columns, tiny values as 0.0."""
         value = b.load(at(rows, b.mul(b.add(first, i), row_step), b.mul(j, column_step)))
-        tiny = b.fcmp_ordered("<=", b.call(fabs, [value]), ir.Constant(_D, ZERO_THRESHOLD))
+        tiny = b.fcmp_ordered("<=", b.call(fabs, [value]), ir.Constant(_D, zero_threshold))
         value = b.select(tiny, ir.Constant(_D, 0.0), value)
         b.store(value, at(columns, b.mul(j, i64(block)), i))
 
