@@ -50,6 +50,9 @@ TREES_PER_BLOCK = 16
 """Trees run over a block's rows before the next trees (10 to 34 did as well)."""
 MAX_LEAVES = 64
 MAX_MEAN_LEAVES = 24
+MAX_FEATURES = 1024
+"""The block's columns live on the calling thread's stack: 1024 features of 32 rows take 256 KB
+(a thread's stack is megabytes; wider models keep lleaves' code rather than risk it)."""
 
 _D = ir.DoubleType()
 _I1 = ir.IntType(1)
@@ -64,6 +67,8 @@ def unsupported(forest: Any) -> str | None:
     ``None``."""
     if forest.n_classes != 1:
         return "more than one output"
+    if forest.n_args > MAX_FEATURES:
+        return f"more than {MAX_FEATURES} features"
     leaves_per_tree = []
     for tree in forest.trees:
         count = 0

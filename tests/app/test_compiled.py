@@ -175,8 +175,8 @@ def test_forests_the_four_row_code_does_not_fit_score_batches_with_lleaves_code(
     tmp_path: Path,
 ) -> None:
     """Categorical splits, trees of more than 64 leaves (a mask's bits), or of more than 24 on
-    average (every split tested costs more than the branches save): lleaves' code scores
-    batches, and says nothing of four rows."""
+    average (every split tested costs more than the branches save), more features than the
+    stack should hold a block of: lleaves' code scores batches, and says nothing of four rows."""
     from lleaves.compiler.ast import parse_to_ast
 
     from scoring import lanes
@@ -196,14 +196,19 @@ def test_forests_the_four_row_code_does_not_fit_score_batches_with_lleaves_code(
             {"num_leaves": 31, "min_data_in_leaf": 2}, lgb.Dataset(x, y), rounds=4
         ),
     }
+    wide = np.random.default_rng(2).normal(size=(300, lanes.MAX_FEATURES + 1))
+    boosters[f"more than {lanes.MAX_FEATURES} features"] = _trained(
+        {"num_leaves": 4}, lgb.Dataset(wide, wide[:, 0] > 0), rounds=2
+    )
     for why, booster in boosters.items():
         model_file = tmp_path / "model.txt"
         booster.save_model(model_file)
         assert why in str(lanes.unsupported(parse_to_ast(str(model_file))))
         forest, note = compile_booster(booster, tmp_path)
         assert forest is not None and forest.lanes is None and "four rows" not in note, why
-        got = forest.predict(np.ascontiguousarray(x[:300]), 2)
-        np.testing.assert_allclose(got, booster.predict(x[:300]), rtol=0, atol=TOLERANCE)
+        rows = wide if booster.num_feature() == wide.shape[1] else x[:300]
+        got = forest.predict(np.ascontiguousarray(rows), 2)
+        np.testing.assert_allclose(got, booster.predict(rows), rtol=0, atol=TOLERANCE)
     small = _trained({"num_leaves": 13}, lgb.Dataset(x, y), rounds=3)
     small.save_model(tmp_path / "small.txt")
     assert lanes.unsupported(parse_to_ast(str(tmp_path / "small.txt"))) is None
