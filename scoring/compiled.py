@@ -449,11 +449,8 @@ def _compile_object(model_file: str, out: str, symbol: str, codegen: str, lanes:
     if lanes == "1":
         from scoring import lanes as lanes_code
 
-        why_not = lanes_code.unsupported(forest)
-        if why_not is None:
+        if lanes_code.unsupported(forest) is None:
             lanes_code.gen_forest(forest, module_ir, symbol + LANES_SUFFIX, ZERO_THRESHOLD)
-        else:
-            print(f"lleaves' code only: {why_not}", file=sys.stderr)
     module_ir.triple = llvm.get_process_triple()
     module = llvm.parse_assembly(str(module_ir))
     module.verify()

@@ -29,9 +29,10 @@ zeros where the model reads them as missing) go where LightGBM sends them. The s
 by tree in the model's order, as LightGBM's does, and the model's objective (the sigmoid, for a
 binary model) is lleaves' code for it.
 
-Generated only for models lleaves supports and this code can: one output (no multiclass),
-numerical splits only (no categorical), at most ``MAX_LEAVES`` leaves a tree. The caller
-compares the result with LightGBM on probe rows before using it, as for lleaves' code.
+Generated only for models lleaves supports and this code can (``unsupported`` says why not):
+one output (no multiclass), numerical splits only (no categorical), small trees (above), at most
+``MAX_FEATURES`` features. The caller compares the result with LightGBM on probe rows before
+using it, as for lleaves' code.
 """
 
 from __future__ import annotations
