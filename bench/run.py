@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.big_rounds,
                     )
             log(f"{name}: {results[name]}")
+        results["mlflow_pairs"] = mlflow_pairs(uri, bodies, wrk, args, tmp, env=ours_env)
+        log(f"mlflow pairs: {results['mlflow_pairs']}")
         results["floor_pairs"] = floor_pairs(uri, bodies["one"], wrk, args, tmp, env=ours_env)
         results["bare"] = results["floor_pairs"]["bare"]
         log(f"floor pairs: {results['floor_pairs']}")
@@ -413,6 +416,16 @@ SETTLE_SECONDS = 30.0
 """Longest wait for a server's memory to settle after the scoring runs (``memory.settle``)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    """How ``paired_one_row`` runs one server when it differs from the others: the body it
+    takes (mlflow's wraps the frame in ``dataframe_split``), seconds per run, warm-up posts."""
+
+    body: Path
+    seconds: float
+    warm: int
+
+
 def paired_one_row(
     servers_by_name: dict[str, servers.Server],
     one: Path,
@@ -423,25 +436,26 @@ def paired_one_row(
     connections: tuple[int, ...] = (1,),
     rounds: int = PAIRED_ROUNDS,
     threads: int = 1,
+    turns: dict[str, Turn] | None = None,
 ) -> dict[str, Any]:
     """One-row wrk runs on servers that all run at once, taken in turn for ``rounds`` rounds
     (each run ``args.duration / rounds`` s, at least 1, after a few requests not counted:
-    ``load.warm``), the order reversed every other round: a slow minute of the machine then
-    touches every server alike, and none is always first.
+    ``load.warm``; ``turns`` sets a server's own), the order reversed every other round: a
+    slow minute of the machine then touches every server alike, and none is always first.
     Per server and connection count: the median p50 and p99 of the rounds, the requests/s
     over all of them, and each round's figures (for ratios taken round by round)."""
-    seconds = max(1.0, args.duration / rounds)
+    default = Turn(one, max(1.0, args.duration / rounds), 200)
     runs: dict[tuple[str, int], list[Any]] = {}
     names = list(servers_by_name)
-    body = one.read_bytes()
     for i in range(rounds):
         for c in connections:
             for name in names if i % 2 == 0 else names[::-1]:
                 server = servers_by_name[name]
-                load.warm(server.base + "/invocations", body, JSON)
+                turn = (turns or {}).get(name, default)
+                load.warm(server.base + "/invocations", turn.body.read_bytes(), JSON, turn.warm)
                 result = load.run_wrk(
-                    wrk, server.base + "/invocations", one, content_type=JSON, connections=c,
-                    seconds=seconds, threads=threads, work_dir=tmp,
+                    wrk, server.base + "/invocations", turn.body, content_type=JSON,
+                    connections=c, seconds=turn.seconds, threads=threads, work_dir=tmp,
                 )  # fmt: skip
                 runs.setdefault((name, c), []).append(result)
     out: dict[str, Any] = {}
@@ -493,6 +507,47 @@ def floor_pairs(
         )
         out["bare"]["ready_s"] = running["bare"].ready_s
         return out
+
+
+MLFLOW_ROUNDS = 5
+
+
+def mlflow_pairs(
+    uri: str, bodies: dict[str, Path], wrk: str, args: argparse.Namespace, tmp: Path,
+    *, env: dict[str, str],
+) -> dict[str, Any]:  # fmt: skip
+    """This service (``env``: the compile cache the first run filled) and ``mlflow models
+    serve`` running at once, one row at ``--connections`` connections, measured in turn for
+    ``MLFLOW_ROUNDS`` rounds (``paired_one_row``): the gain is the median of the rounds' own
+    ratios. The separate ``--duration`` runs minutes apart (``measure``) gave 196-223x in
+    three runs of the same code, the machine's speed moving both. Each mlflow run lasts
+    ``--duration`` as there (~11 requests/s: a shorter run counts too few), ours a fifth of
+    it; mlflow warms up with 3 posts (each takes tens of ms), ours with 200."""
+    with contextlib.ExitStack() as stack:
+        running: dict[str, servers.Server] = {}
+        port = servers.free_port()
+        command = servers.ours_command(uri, port, args.workers)
+        log(f"starting ours (beside mlflow): {' '.join(command[1:])}")
+        running["ours"] = stack.enter_context(
+            servers.running(
+                "ours_mlflow_pair", command, port, ready_path="/health/ready", log_dir=tmp,
+                env=env,
+            )
+        )  # fmt: skip
+        port = servers.free_port()
+        command = servers.mlflow_command(uri, port)
+        log(f"starting mlflow (beside ours): {' '.join(command[1:])}")
+        running["mlflow"] = stack.enter_context(
+            servers.running("mlflow_pair", command, port, ready_path="/ping", log_dir=tmp)
+        )
+        turns = {
+            "ours": Turn(bodies["one"], max(1.0, args.duration / 5), 200),
+            "mlflow": Turn(bodies["one_mlflow"], args.duration, 3),
+        }
+        return paired_one_row(
+            running, bodies["one"], wrk, args, tmp, connections=(args.connections,),
+            rounds=MLFLOW_ROUNDS, turns=turns,
+        )  # fmt: skip
 
 
 SHADOW_BLOCKS = 10

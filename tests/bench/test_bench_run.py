@@ -19,7 +19,7 @@ from tests.helpers import PROJECT_DIR
 TINY = ["--trees", "5", "--train-rows", "500", "--rows", "50", "--duration", "1"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)
 def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path) -> None:
     if shutil.which("wrk") is None and not Path("/usr/bin/apt-get").exists():
         pytest.skip("wrk is not installed and cannot be installed here")
@@ -29,7 +29,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
          "--no-lightgbm-run",
          "--swaps", "2", "--no-memory",  # the memory part has its own test (test_bench_memory)
          "--out", str(out), "--cache", str(tmp_path / "cache")],
-        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=290, check=False,
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=390, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -57,6 +57,11 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
             run = pairs[name][level]
             assert run["rounds"] == 2 and run["errors"] == 0
             assert len(run["p50_rounds"]) == len(run["p99_rounds"]) == len(run["rps_rounds"]) == 2
+    turns = results["mlflow_pairs"]  # ours and mlflow side by side at 16 connections
+    for name in ("ours", "mlflow"):
+        run = turns[name]["cn"]
+        assert run["rounds"] == 5 and run["errors"] == 0 and len(run["rps_rounds"]) == 5
+        assert run["connections"] == 16 and min(run["rps_rounds"]) > 0
     overheads = results["overheads"]
     for name in ("ours", "ours_no_drift", "ours_log", "ours_quiet"):
         assert overheads[name]["c1"]["requests"] > 0 and overheads[name]["cn"]["errors"] == 0
@@ -81,6 +86,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert "Resident memory across model swaps" in table
     assert "A shadow challenger" in table
     assert "measured in turn for 2 rounds" in table
+    assert "| 1 row, 16 connections: requests/s (both running, in turn, 5 rounds) |" in table
     assert "the floor timed in turn for 2 rounds" in table
     assert "Against the HTTP floor" in table and "What monitoring and the access log cost" in table
     assert "| 1 row, 1 connection: p50 latency (ms) |" in table.split("**POST /explain**")[1]
