@@ -361,6 +361,20 @@ def _paired_cost(run: dict[str, Any], against: dict[str, Any]) -> float:
     return float(1 - run["rps"] / against["rps"])
 
 
+def _cpu_cost(run: dict[str, Any], against: dict[str, Any]) -> float | None:
+    """CPU time per request added: the median over rounds of ``run ÷ against - 1``."""
+    mine, theirs = run.get("cpu_us_rounds"), against.get("cpu_us_rounds")
+    if not mine or not theirs or len(mine) != len(theirs):
+        return None
+    ratios = [a / b - 1 for a, b in zip(mine, theirs, strict=True) if a and b]
+    return float(statistics.median(ratios)) if ratios else None
+
+
+def _cpu_us(run: dict[str, Any]) -> str:
+    rounds = [v for v in run.get("cpu_us_rounds") or [] if v]
+    return f"{statistics.median(rounds):.0f}" if rounds else ""
+
+
 def render_overheads(r: dict[str, Any], conn: int) -> list[str]:
     """What drift, the inference log and the access log cost one-row requests: the service as
     deployed beside the same without each, all running at once and measured in turn."""
@@ -371,11 +385,13 @@ def render_overheads(r: dict[str, Any], conn: int) -> list[str]:
         "",
         "**What monitoring and the access log cost** (one-row requests; the four servers ran at "
         "once and were measured in turn, medians of the rounds; lower rate = cost; a cost is "
-        "the median of the rounds' own costs, each round measuring both servers back to back)",
+        "the median of the rounds' own costs, each round measuring both servers back to back; "
+        f"CPU: the server's CPU time per request at c{conn}, from a run's start until the "
+        "server is idle again, and what it adds, the median of the rounds' own)",
         "",
         f"| run | c1 p50 (ms) | c1 rps | c{conn} rps | cost at c{conn} | against | target "
-        "| holds |",
-        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
+        f"| holds | c{conn} CPU per request (µs) | CPU added |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: |",
     ]
     rows = (
         ("ours_no_drift", "drift off (DRIFT_WINDOW=0)", None, None),
@@ -392,20 +408,25 @@ def render_overheads(r: dict[str, Any], conn: int) -> list[str]:
         run = ov.get(name)
         if not run:
             continue
-        cost, verdict = "", ""
+        cost, verdict, cpu_cost = "", "", ""
         if against and ov.get(against):
             value = _paired_cost(run["cn"], ov[against]["cn"])
             cost, verdict = f"{value:.1%}", _verdict(value, target or 0, False)
+            added = _cpu_cost(run["cn"], ov[against]["cn"])
+            cpu_cost = "" if added is None else f"{added:.1%}"
         lines.append(
             f"| {label} | {run['c1']['p50_ms']:.3f} | {run['c1']['rps']:.0f} | "
             f"{run['cn']['rps']:.0f} | {cost} | {against or ''} | "
-            f"{f'≤ {target:.0%}' if target else ''} | {verdict} |"
+            f"{f'≤ {target:.0%}' if target else ''} | {verdict} | {_cpu_us(run['cn'])} | "
+            f"{cpu_cost} |"
         )
     if ov.get("ours_quiet") and ov.get("ours"):
         value = _paired_cost(ov["ours"]["cn"], ov["ours_quiet"]["cn"])
+        added = _cpu_cost(ov["ours"]["cn"], ov["ours_quiet"]["cn"])
         lines.append(
             f"| the access log (as deployed against access log off) | | | | {value:.1%} | "
-            f"ours_quiet | ≤ 10% | {_verdict(value, 0.10, False)} |"
+            f"ours_quiet | ≤ 10% | {_verdict(value, 0.10, False)} | | "
+            f"{'' if added is None else f'{added:.1%}'} |"
         )
     return [*lines, ""]
 

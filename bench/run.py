@@ -443,7 +443,10 @@ def paired_one_row(
     ``load.warm``; ``turns`` sets a server's own), the order reversed every other round: a
     slow minute of the machine then touches every server alike, and none is always first.
     Per server and connection count: the median p50 and p99 of the rounds, the requests/s
-    over all of them, and each round's figures (for ratios taken round by round)."""
+    over all of them, and each round's figures (for ratios taken round by round), with the
+    server's CPU time per request (its process tree's, from the run's start until it is idle
+    again: ``Server.cpu_when_idle``, which also keeps one server's leftover work out of the
+    next one's run)."""
     default = Turn(one, max(1.0, args.duration / rounds), 200)
     runs: dict[tuple[str, int], list[Any]] = {}
     names = list(servers_by_name)
@@ -453,15 +456,21 @@ def paired_one_row(
                 server = servers_by_name[name]
                 turn = (turns or {}).get(name, default)
                 load.warm(server.base + "/invocations", turn.body.read_bytes(), JSON, turn.warm)
+                cpu = server.cpu_when_idle()
                 result = load.run_wrk(
                     wrk, server.base + "/invocations", turn.body, content_type=JSON,
                     connections=c, seconds=turn.seconds, threads=threads, work_dir=tmp,
                 )  # fmt: skip
-                runs.setdefault((name, c), []).append(result)
+                cpu = server.cpu_when_idle() - cpu
+                runs.setdefault((name, c), []).append((result, cpu))
     out: dict[str, Any] = {}
-    for (name, c), results in runs.items():
+    for (name, c), measured in runs.items():
         key = "c1" if c == 1 else "cn"
+        results = [r for r, _ in measured]
         out.setdefault(name, {})[key] = {
+            "cpu_us_rounds": [
+                cpu / r.requests * 1e6 if r.requests else None for r, cpu in measured
+            ],
             "connections": c,
             "rounds": len(results),
             "requests": sum(r.requests for r in results),

@@ -44,6 +44,34 @@ class Server:
             pss += getattr(info, "pss", info.rss)
         return rss, pss
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user and system, every thread) of the whole process tree so far."""
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                times = p.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+
+    def cpu_when_idle(self, step: float = 0.05, quiet: float = 0.002, limit: float = 2.0) -> float:
+        """``cpu_seconds`` once the tree has used less than ``quiet`` s of CPU in ``step`` s
+        (at most ``limit`` s of waiting): what a load left behind (access lines to write,
+        rows to copy) is then counted as the load's, and not run during the next server's."""
+        deadline = time.monotonic() + limit
+        last = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(step)
+            now = self.cpu_seconds()
+            if now - last < quiet:
+                return now
+            last = now
+        return last
+
 
 def free_port() -> int:
     with socket.socket() as s:

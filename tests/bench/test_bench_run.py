@@ -57,6 +57,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
             run = pairs[name][level]
             assert run["rounds"] == 2 and run["errors"] == 0
             assert len(run["p50_rounds"]) == len(run["p99_rounds"]) == len(run["rps_rounds"]) == 2
+            assert len(run["cpu_us_rounds"]) == 2 and min(run["cpu_us_rounds"]) > 0
     turns = results["mlflow_pairs"]  # ours and mlflow side by side at 16 connections
     for name in ("ours", "mlflow"):
         run = turns[name]["cn"]
@@ -89,5 +90,6 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert "| 1 row, 16 connections: requests/s (both running, in turn, 5 rounds) |" in table
     assert "the floor timed in turn for 2 rounds" in table
     assert "Against the HTTP floor" in table and "What monitoring and the access log cost" in table
+    assert "| c16 CPU per request (µs) | CPU added |" in table
     assert "| 1 row, 1 connection: p50 latency (ms) |" in table.split("**POST /explain**")[1]
     assert table in proc.stdout  # the same table is printed
