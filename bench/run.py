@@ -527,11 +527,12 @@ def mlflow_pairs(
 ) -> dict[str, Any]:  # fmt: skip
     """This service (``env``: the compile cache the first run filled) and ``mlflow models
     serve`` running at once, one row at ``--connections`` connections, measured in turn for
-    ``MLFLOW_ROUNDS`` rounds (``paired_one_row``): the gain is the median of the rounds' own
-    ratios. The separate ``--duration`` runs minutes apart (``measure``) gave 196-223x in
-    three runs of the same code, the machine's speed moving both. Each mlflow run lasts
-    ``--duration`` as there (~11 requests/s: a shorter run counts too few), ours a fifth of
-    it; mlflow warms up with 3 posts (each takes tens of ms), ours with 200."""
+    ``MLFLOW_ROUNDS`` rounds (fewer for runs under 5 s; ``paired_one_row``): the gain is the
+    median of the rounds' own ratios. The separate ``--duration`` runs minutes apart
+    (``measure``) gave 196-223x in three runs of the same code, the machine's speed moving
+    both. Each mlflow run lasts ``--duration`` as there (~11 requests/s: a shorter run counts
+    too few), ours a fifth of it; mlflow warms up with 3 posts (each takes tens of ms), ours
+    with 200."""
     with contextlib.ExitStack() as stack:
         running: dict[str, servers.Server] = {}
         port = servers.free_port()
@@ -555,7 +556,7 @@ def mlflow_pairs(
         }
         return paired_one_row(
             running, bodies["one"], wrk, args, tmp, connections=(args.connections,),
-            rounds=MLFLOW_ROUNDS, turns=turns,
+            rounds=max(2, min(MLFLOW_ROUNDS, round(args.duration))), turns=turns,
         )  # fmt: skip
 
 
@@ -635,7 +636,10 @@ def overheads(uri: str, one: Path, wrk: str, args: argparse.Namespace, tmp: Path
                     env={**base, **extra},
                 )
             )  # fmt: skip
-        return paired_one_row(running, one, wrk, args, tmp, connections=(1, args.connections))
+        rounds = max(2, min(PAIRED_ROUNDS, round(args.duration)))  # a quick look: fewer
+        return paired_one_row(
+            running, one, wrk, args, tmp, connections=(1, args.connections), rounds=rounds
+        )
 
 
 def _sample_sum(text: str, name: str) -> float:

@@ -61,7 +61,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     turns = results["mlflow_pairs"]  # ours and mlflow side by side at 16 connections
     for name in ("ours", "mlflow"):
         run = turns[name]["cn"]
-        assert run["rounds"] == 5 and run["errors"] == 0 and len(run["rps_rounds"]) == 5
+        assert run["rounds"] == 2 and run["errors"] == 0 and len(run["rps_rounds"]) == 2
         assert run["connections"] == 16 and min(run["rps_rounds"]) > 0
     overheads = results["overheads"]
     for name in ("ours", "ours_no_drift", "ours_log", "ours_quiet"):
@@ -87,7 +87,7 @@ def test_bench_runs_on_a_tiny_configuration_and_writes_its_table(tmp_path: Path)
     assert "Resident memory across model swaps" in table
     assert "A shadow challenger" in table
     assert "measured in turn for 2 rounds" in table
-    assert "| 1 row, 16 connections: requests/s (both running, in turn, 5 rounds) |" in table
+    assert "| 1 row, 16 connections: requests/s (both running, in turn, 2 rounds) |" in table
     assert "the floor timed in turn for 2 rounds" in table
     assert "Against the HTTP floor" in table and "What monitoring and the access log cost" in table
     assert "| c16 CPU per request (µs) | CPU added |" in table
