@@ -613,16 +613,21 @@ def shadow_latency(
     return out
 
 
+OVERHEAD_ROUNDS = 10
+
+
 def overheads(uri: str, one: Path, wrk: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """What drift, the inference log and the access log cost a one-row request: the service as
     deployed (drift on, access log on) beside the same without each, all running at once and
     measured in turn at 1 and ``--connections`` connections (``paired_one_row``)."""
     base = {"COMPILED_CACHE_DIR": str(args.cache / "lleaves"), "COMPILE_IN_BACKGROUND": "false"}
+    # Each pair compared (access log: quiet against ours; drift: ours against no drift; the
+    # inference log: no drift against log) is measured back to back in every round.
     variants = {
+        "ours_quiet": {"LOG_LEVEL": "WARNING"},
         "ours": {},
         "ours_no_drift": {"DRIFT_WINDOW": "0"},
         "ours_log": {"INFERENCE_LOG_DIR": str(tmp / "inference-log")},
-        "ours_quiet": {"LOG_LEVEL": "WARNING"},
     }
     with contextlib.ExitStack() as stack:
         running: dict[str, servers.Server] = {}
@@ -636,7 +641,10 @@ def overheads(uri: str, one: Path, wrk: str, args: argparse.Namespace, tmp: Path
                     env={**base, **extra},
                 )
             )  # fmt: skip
-        rounds = max(2, min(PAIRED_ROUNDS, round(args.duration)))  # a quick look: fewer
+        # Runs of 1 s, many rounds: the machine's speed moves a server's CPU per request by a
+        # third within seconds (290-394 us between 2-s rounds of one run), so a cost is the
+        # median of many ratios of runs taken as close together as possible.
+        rounds = max(2, min(OVERHEAD_ROUNDS, round(args.duration)))  # a quick look: fewer
         return paired_one_row(
             running, one, wrk, args, tmp, connections=(1, args.connections), rounds=rounds
         )
