@@ -488,6 +488,28 @@ def paired_one_row(
 FLOOR_ROUNDS = 10
 
 
+def _ours_beside(
+    other: str,
+    stack: contextlib.ExitStack[Any],
+    uri: str,
+    args: argparse.Namespace,
+    *,
+    tmp: Path,
+    env: dict[str, str],
+) -> servers.Server:
+    """This service started (and stopped with ``stack``) to be measured in turn beside
+    ``other``; its log is ``ours_beside_<other>.log``."""
+    port = servers.free_port()
+    command = servers.ours_command(uri, port, args.workers)
+    log(f"starting ours (beside {other}): {' '.join(command[1:])}")
+    return stack.enter_context(
+        servers.running(
+            f"ours_beside_{other}", command, port, ready_path="/health/ready", log_dir=tmp,
+            env=env,
+        )
+    )  # fmt: skip
+
+
 def floor_pairs(
     uri: str, one: Path, wrk: str, args: argparse.Namespace, tmp: Path, *, env: dict[str, str]
 ) -> dict[str, Any]:
@@ -497,15 +519,7 @@ def floor_pairs(
     are taken round by round, each from two runs seconds apart, not from runs minutes apart
     while the machine's speed swings 2x."""
     with contextlib.ExitStack() as stack:
-        running: dict[str, servers.Server] = {}
-        port = servers.free_port()
-        command = servers.ours_command(uri, port, args.workers)
-        log(f"starting ours (beside the floor): {' '.join(command[1:])}")
-        running["ours"] = stack.enter_context(
-            servers.running(
-                "ours_floor", command, port, ready_path="/health/ready", log_dir=tmp, env=env
-            )
-        )
+        running = {"ours": _ours_beside("floor", stack, uri, args, tmp=tmp, env=env)}
         port = servers.free_port()
         running["bare"] = stack.enter_context(
             servers.running("bare", servers.bare_command(port), port, ready_path="/", log_dir=tmp)
@@ -534,16 +548,7 @@ def mlflow_pairs(
     too few), ours a fifth of it; mlflow warms up with 3 posts (each takes tens of ms), ours
     with 200."""
     with contextlib.ExitStack() as stack:
-        running: dict[str, servers.Server] = {}
-        port = servers.free_port()
-        command = servers.ours_command(uri, port, args.workers)
-        log(f"starting ours (beside mlflow): {' '.join(command[1:])}")
-        running["ours"] = stack.enter_context(
-            servers.running(
-                "ours_mlflow_pair", command, port, ready_path="/health/ready", log_dir=tmp,
-                env=env,
-            )
-        )  # fmt: skip
+        running = {"ours": _ours_beside("mlflow", stack, uri, args, tmp=tmp, env=env)}
         port = servers.free_port()
         command = servers.mlflow_command(uri, port)
         log(f"starting mlflow (beside ours): {' '.join(command[1:])}")
