@@ -543,8 +543,8 @@ def mlflow_pairs(
     serve`` running at once, one row at ``--connections`` connections, measured in turn for
     ``MLFLOW_ROUNDS`` rounds (fewer for runs under 5 s; ``paired_one_row``): the gain is the
     median of the rounds' own ratios. The separate ``--duration`` runs minutes apart
-    (``measure``) gave 196-223x in three runs of the same code, the machine's speed moving
-    both. Each mlflow run lasts ``--duration`` as there (~11 requests/s: a shorter run counts
+    (``measure``) gave 192-307x in the last seven runs (one-row path unchanged), the machine's speed
+    moving both. Each mlflow run lasts ``--duration`` as there (~11 requests/s: a shorter run counts
     too few), ours a fifth of it; mlflow warms up with 3 posts (each takes tens of ms), ours
     with 200."""
     with contextlib.ExitStack() as stack:
