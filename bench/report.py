@@ -62,6 +62,11 @@ def _gain(theirs: float | None, ours: float | None, higher_is_better: bool) -> f
     return ours / theirs if higher_is_better else theirs / ours
 
 
+def _median_ratio(mine: list[float], theirs: list[float]) -> float:
+    """The median of the rounds' own ratios ``mine ÷ theirs`` (figures taken in turn)."""
+    return float(statistics.median(a / b for a, b in zip(mine, theirs, strict=True) if b))
+
+
 def _verdict(value: float | None, target: float, at_least: bool) -> str:
     if value is None:
         return "—"
@@ -117,9 +122,7 @@ def render(r: dict[str, Any]) -> str:
     pairs = r.get("mlflow_pairs")
     if pairs:  # both at once, in turn: the gain is the median of the rounds' own ratios
         ours_rounds, theirs_rounds = (pairs[n]["cn"]["rps_rounds"] for n in ("ours", "mlflow"))
-        gain = statistics.median(
-            a / b for a, b in zip(ours_rounds, theirs_rounds, strict=True) if b
-        )
+        gain = _median_ratio(ours_rounds, theirs_rounds)
         lines.append(
             f"| 1 row, {conn} connections: requests/s (both running, in turn, "
             f"{len(ours_rounds)} rounds) | {_fmt(statistics.median(theirs_rounds))} | "
@@ -141,7 +144,7 @@ def render(r: dict[str, Any]) -> str:
     if pairs:
         lines += [
             f"At {conn} connections the two servers ran at once and were measured in turn "
-            "(mlflow's runs as long as the separate ones, ours a fifth; the order reversed every "
+            "(mlflow's runs as long as the separate ones, ours shorter; the order reversed every "
             "other round); the gain is the median of the rounds' own ratios. Rounds, ours ÷ "
             "mlflow: "
             + ", ".join(
@@ -248,9 +251,7 @@ def render_floor(r: dict[str, Any], conn: int) -> list[str]:
         ):
             level = "cn" if key == "rps" else "c1"
             ours_rounds, bare_rounds = (pairs[n][level][f"{key}_rounds"] for n in ("ours", "bare"))
-            ratio = statistics.median(
-                a / b for a, b in zip(ours_rounds, bare_rounds, strict=True) if b
-            )
+            ratio = _median_ratio(ours_rounds, bare_rounds)
             ref, ours = statistics.median(bare_rounds), statistics.median(ours_rounds)
             lines.append(
                 f"| {label} | {_fmt(ref)} | {_fmt(ours)} | {_fmt(ratio)} | "
@@ -272,7 +273,7 @@ def render_floor(r: dict[str, Any], conn: int) -> list[str]:
             scale.get(f"w{cores}", {}).get("rps_rounds"),
         )
         if one and many:  # at once, in turn: the median of the rounds' own ratios
-            ratio = statistics.median(b / a for a, b in zip(one, many, strict=True) if a)
+            ratio = _median_ratio(many, one)
             lines.append(
                 f"| {label} (in turn, {len(one)} rounds) | {_fmt(statistics.median(one))} | "
                 f"{_fmt(statistics.median(many))} | {_fmt(ratio)} | ≥ {0.7 * cores:g}x | "
